@@ -1,0 +1,5 @@
+"""``python -m conformance`` is the ``mailharness`` command."""
+
+from .cli import main
+
+main()

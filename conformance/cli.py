@@ -1,0 +1,250 @@
+"""The ``mailharness`` command line.
+
+Exit codes (stable, for CI): 0 every applicable scenario passed; 1 some
+failed or could not be judged; 2 usage or input error (nothing ran);
+3 the target was unreachable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import fnmatch
+import json
+import sys
+import time
+from pathlib import Path
+
+import click
+
+from . import __version__
+from ._yaml import LoadError
+from .report.console import print_result, print_summary
+from .report.junit import write_junit
+from .results import RunResult, ScenarioResult
+from .scenario.loader import LoadErrors, load_paths
+from .scenario.model import Scenario
+from .scenario.runner import Runner, TargetUnreachable, check_against_target
+from .targets import Target, load_target
+
+__all__ = ["main", "select"]
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
+
+
+def select(scenarios: list[Scenario], patterns: tuple[str, ...]) -> list[Scenario]:
+    """Keep scenarios whose id or a tag matches any ``-k`` pattern.
+
+    A pattern with ``*``/``?``/``[`` is a glob over the whole id or tag;
+    otherwise it matches as a substring of the id or equals a tag. A
+    leading ``!`` excludes instead.
+    """
+    include = [p for p in patterns if not p.startswith("!")]
+    exclude = [p[1:] for p in patterns if p.startswith("!")]
+
+    def hit(sc: Scenario, pat: str) -> bool:
+        if any(ch in pat for ch in "*?["):
+            return fnmatch.fnmatchcase(sc.id, pat) or any(
+                fnmatch.fnmatchcase(t, pat) for t in sc.tags
+            )
+        return pat in sc.id or pat in sc.tags
+
+    return [
+        sc
+        for sc in scenarios
+        if (not include or any(hit(sc, p) for p in include))
+        and not any(hit(sc, p) for p in exclude)
+    ]
+
+
+def _fail_input(errors: list[LoadError]) -> None:
+    for err in errors:
+        click.echo(str(err), err=True)
+    click.echo(f"{len(errors)} error(s) in scenario or target files; nothing was run", err=True)
+    sys.exit(EXIT_USAGE)
+
+
+def _default_paths(paths: tuple[Path, ...]) -> list[Path]:
+    if paths:
+        return list(paths)
+    default = Path("scenarios")
+    if not default.is_dir():
+        raise click.UsageError("give scenario files or directories (there is no ./scenarios here)")
+    return [default]
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="mailharness")
+def main() -> None:
+    """Conformance checks and load tests for SMTP, POP3 and IMAP servers."""
+
+
+@main.command()
+@click.argument("paths", nargs=-1, type=click.Path(path_type=Path))
+def validate(paths: tuple[Path, ...]) -> None:
+    """Check scenario files without running them (exit 2 on any error)."""
+    try:
+        scenarios = load_paths(_default_paths(paths))
+    except LoadErrors as exc:
+        _fail_input(exc.errors)
+    click.echo(f"{len(scenarios)} scenario(s) OK")
+
+
+@main.command()
+@click.argument("paths", nargs=-1, type=click.Path(path_type=Path))
+@click.option(
+    "--target",
+    "target_file",
+    type=click.Path(path_type=Path, dir_okay=False),
+    required=True,
+    help="Target file: hosts, ports, TLS and accounts of the server under test.",
+)
+@click.option(
+    "--junit", type=click.Path(path_type=Path, dir_okay=False), help="Write JUnit XML here."
+)
+@click.option(
+    "--json",
+    "json_file",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Write the full results (with transcripts) as JSON here.",
+)
+@click.option(
+    "-k",
+    "patterns",
+    multiple=True,
+    metavar="PATTERN",
+    help="Run only scenarios whose id or tag matches (glob or substring; "
+    "!PATTERN excludes). Repeatable.",
+)
+@click.option(
+    "-j",
+    "--jobs",
+    type=click.IntRange(1, 512),
+    default=8,
+    show_default=True,
+    help="Scenarios run at once.",
+)
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0.1),
+    default=None,
+    help="Seconds one scenario may take (default: the scenario's own, else 60).",
+)
+@click.option(
+    "--ca-file",
+    type=click.Path(path_type=Path, dir_okay=False, exists=True),
+    help="Trust this CA for TLS (overrides the target file).",
+)
+@click.option("--insecure", is_flag=True, help="Do not verify TLS certificates.")
+@click.option("-v", "--verbose", is_flag=True, help="Show every result and whole transcripts.")
+@click.option(
+    "--progress/--no-progress", default=None, help="Progress bar (default: on a terminal)."
+)
+def run(
+    paths: tuple[Path, ...],
+    target_file: Path,
+    junit: Path | None,
+    json_file: Path | None,
+    patterns: tuple[str, ...],
+    jobs: int,
+    timeout: float | None,
+    ca_file: Path | None,
+    insecure: bool,
+    verbose: bool,
+    progress: bool | None,
+) -> None:
+    """Run scenarios against a target server."""
+    try:
+        target = load_target(target_file).with_tls(insecure=insecure, ca_file=ca_file)
+    except LoadError as exc:
+        _fail_input([exc])
+    try:
+        scenarios = load_paths(_default_paths(paths), accounts=set(target.accounts))
+    except LoadErrors as exc:
+        _fail_input(exc.errors)
+    service_errors = check_against_target(scenarios, target)
+    if service_errors:
+        _fail_input(service_errors)
+    chosen = select(scenarios, patterns)
+    if not chosen:
+        click.echo(
+            f"no scenario matches {' '.join(patterns)} (of {len(scenarios)} loaded)", err=True
+        )
+        sys.exit(EXIT_USAGE)
+    sys.exit(
+        execute(
+            chosen,
+            target,
+            junit=junit,
+            json_file=json_file,
+            jobs=jobs,
+            timeout=timeout,
+            verbose=verbose,
+            progress=progress,
+        )
+    )
+
+
+def execute(
+    scenarios: list[Scenario],
+    target: Target,
+    *,
+    junit: Path | None = None,
+    json_file: Path | None = None,
+    jobs: int = 8,
+    timeout: float | None = None,
+    verbose: bool = False,
+    progress: bool | None = None,
+) -> int:
+    """Run, report, and return the exit code (shared by ``run`` and later ``check``)."""
+    show_progress = sys.stderr.isatty() if progress is None else progress
+    out = sys.stdout
+    done = [0]
+
+    def on_result(r: ScenarioResult) -> None:
+        done[0] += 1
+        if show_progress:
+            click.echo(f"\r[{done[0]}/{len(scenarios)}] {r.id[:60]:<60}", err=True, nl=False)
+        if verbose or r.status.value in ("failed", "error"):
+            if show_progress:
+                click.echo("\r" + " " * 80 + "\r", err=True, nl=False)
+            print_result(r, out, verbose=verbose)
+
+    runner = Runner(target, jobs=jobs, scenario_timeout=timeout, on_result=on_result)
+    started_at = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+    t0 = time.monotonic()
+    try:
+        results = asyncio.run(runner.run(scenarios))
+    except TargetUnreachable as exc:
+        click.echo(f"target unreachable: {exc}", err=True)
+        return EXIT_UNREACHABLE
+    if show_progress:
+        click.echo("\r" + " " * 80 + "\r", err=True, nl=False)
+    run_result = RunResult(
+        results=results,
+        target=_describe_target(target),
+        started_at=started_at,
+        duration=time.monotonic() - t0,
+        argv=sys.argv[1:],
+    )
+    if json_file is not None:
+        json_file.parent.mkdir(parents=True, exist_ok=True)
+        json_file.write_text(json.dumps(run_result.to_json(), indent=2, ensure_ascii=False) + "\n")
+    if junit is not None:
+        write_junit(run_result, junit)
+    print_summary(run_result, out)
+    return EXIT_OK if run_result.ok else EXIT_FAILED
+
+
+def _describe_target(target: Target) -> dict[str, object]:
+    return {
+        "host": target.host,
+        "domain": target.domain,
+        "source": str(target.source) if target.source else None,
+        "services": {n: f"{s.host}:{s.port}/{s.tls.value}" for n, s in target.services.items()},
+        "tls_verify": target.verify,
+    }
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,1 @@
+"""Reporters: every format is rendered from :class:`conformance.results.RunResult`."""

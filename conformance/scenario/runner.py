@@ -1,0 +1,549 @@
+"""Run scenarios against a target and turn what happens into verdicts.
+
+Theory of operation. Scenarios run concurrently (at most ``jobs`` at once),
+each with its own transcript and an overall deadline. A scenario's
+connections open lazily at the first step that names them and again after a
+``close``. Before the first step that *sends* on a connection, the greeting
+is read and must be positive; a step with only ``expect`` as the very first
+step of a connection checks the greeting itself instead. A step reads a
+response when it has ``expect`` or ``capture``; a bare ``send`` reads nothing,
+which is how pipelining is written. ``starttls`` and ``auth`` run their
+whole exchange and expect success unless the step's ``expect`` says
+otherwise.
+
+Verdicts: ``passed``; ``failed`` (the server did something the scenario
+says it must not, including malformed responses and timeouts);
+``not_applicable`` (a ``requires`` capability is not advertised); ``error``
+(the scenario could not get to a verdict: setup delivery failed, or a
+harness bug, which is reported with its traceback).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+import time
+import traceback
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+from .._yaml import LoadError
+from ..results import ScenarioResult, Status
+from ..targets import Target, TlsMode
+from ..transport import Channel, ConnectFailed, Transcript
+from ..wire.pop3 import Pop3Response
+from ..wire.smtp import Reply
+from .loader import decode_raw
+from .match import check
+from .model import (
+    Auth,
+    Close,
+    Connection,
+    Data,
+    Delivery,
+    Expectation,
+    Protocol,
+    Scenario,
+    Send,
+    Sleep,
+    StartTls,
+    Step,
+)
+from .sessions import (
+    Closed,
+    ImapExchange,
+    ImapSession,
+    Pop3Session,
+    Session,
+    SmtpSession,
+    StepFailure,
+    make_session,
+    response_text,
+)
+from .variables import Template, TemplateError
+
+__all__ = ["Runner", "SetupFailed", "TargetUnreachable", "check_against_target", "dot_stuff"]
+
+DEFAULT_SCENARIO_TIMEOUT = 60.0
+
+
+class TargetUnreachable(Exception):
+    """A service the scenarios need does not accept connections (exit code 3)."""
+
+
+class SetupFailed(Exception):
+    """The scenario's setup could not be done; the scenario cannot be judged."""
+
+
+def check_against_target(scenarios: Iterable[Scenario], target: Target) -> list[LoadError]:
+    """Services the scenarios name that the target does not define, with positions."""
+    errors: list[LoadError] = []
+    known = ", ".join(sorted(target.services)) or "none"
+    for sc in scenarios:
+        doc = sc.document
+        assert doc is not None
+        for name, conn in sc.connections.items():
+            if conn.service not in target.services:
+                key: tuple[str | int, ...] = (
+                    ("service",) if name == "main" else ("connections", name, "service")
+                )
+                if name != "main" and "service" not in doc.value["connections"][name]:
+                    key = ("connections", name)
+                errors.append(
+                    doc.error(key, f"unknown service {conn.service!r}: the target defines {known}")
+                )
+        for i, d in enumerate(sc.setup):
+            if d.via not in target.services:
+                errors.append(
+                    doc.error(
+                        ("setup", "deliver", i, "via"),
+                        f"unknown service {d.via!r}: the target defines {known}",
+                    )
+                )
+        for i, r in enumerate(sc.requires):
+            if r.service not in target.services:
+                errors.append(
+                    doc.error(
+                        ("requires", i),
+                        f"unknown service {r.service!r}: the target defines {known}",
+                    )
+                )
+    return errors
+
+
+def dot_stuff(text: str) -> bytes:
+    """An SMTP DATA body: CRLF line ends, dots doubled, CRLF.CRLF added (RFC 5321 §4.5.2)."""
+    body = text.encode("utf-8", errors="surrogateescape")
+    lines = re.split(rb"\r\n|\n|\r", body)
+    if lines and lines[-1] == b"":
+        lines.pop()
+    out = b"".join((b"." + line if line.startswith(b".") else line) + b"\r\n" for line in lines)
+    return out + b".\r\n"
+
+
+def _positive(protocol: Protocol, resp: object) -> bool:
+    if isinstance(resp, Reply):
+        return 200 <= resp.code < 400
+    if isinstance(resp, Pop3Response):
+        return resp.ok
+    if isinstance(resp, ImapExchange):
+        if resp.tagged is not None:
+            return resp.tagged.status == "OK"
+        return bool(resp.untagged) and resp.untagged[0].keyword in ("OK", "PREAUTH")
+    return False
+
+
+def _show(resp: object) -> str:
+    if isinstance(resp, Closed):
+        return "the connection closed"
+    text = response_text(resp).splitlines()
+    return repr(text[-1] if isinstance(resp, ImapExchange) and text else (text[0] if text else ""))
+
+
+@dataclass
+class _Execution:
+    """State of one scenario run."""
+
+    scenario: Scenario
+    target: Target
+    values: dict[str, str]
+    transcript: Transcript = field(default_factory=Transcript)
+    sessions: dict[str, Session] = field(default_factory=dict)
+    step: Step | None = None
+
+
+class Runner:
+    """Runs scenarios against one target."""
+
+    def __init__(
+        self,
+        target: Target,
+        *,
+        jobs: int = 8,
+        scenario_timeout: float | None = None,
+        on_result: Callable[[ScenarioResult], None] | None = None,
+    ):
+        self.target = target
+        self.jobs = max(1, jobs)
+        self.scenario_timeout = scenario_timeout
+        self.on_result = on_result
+        self._caps: dict[str, set[str] | str] = {}
+        self._cap_locks: dict[str, asyncio.Lock] = {}
+
+    # -- whole runs ----------------------------------------------------------
+
+    async def preflight(self, scenarios: Iterable[Scenario]) -> None:
+        """Check every service the scenarios use accepts a TCP connection.
+
+        Raises:
+            TargetUnreachable: naming the first service that does not.
+        """
+        services = sorted({s for sc in scenarios for s in sc.services()})
+
+        async def probe(name: str) -> None:
+            svc = self.target.services[name]
+            where = f"[{svc.host}]:{svc.port}" if ":" in svc.host else f"{svc.host}:{svc.port}"
+            try:
+                _, writer = await asyncio.wait_for(
+                    asyncio.open_connection(svc.host, svc.port), timeout=self.target.connect_timeout
+                )
+            except TimeoutError:
+                raise TargetUnreachable(
+                    f"service {name!r} at {where}: no connection within "
+                    f"{self.target.connect_timeout:g}s"
+                ) from None
+            except OSError as exc:
+                raise TargetUnreachable(
+                    f"service {name!r} at {where}: {exc.strerror or exc}"
+                ) from None
+            writer.close()
+            with contextlib.suppress(OSError):
+                await writer.wait_closed()
+
+        await asyncio.gather(*(probe(s) for s in services))
+
+    async def run(self, scenarios: list[Scenario]) -> list[ScenarioResult]:
+        """Run all scenarios, ``jobs`` at a time; results come back in input order."""
+        await self.preflight(scenarios)
+        gate = asyncio.Semaphore(self.jobs)
+
+        async def one(sc: Scenario) -> ScenarioResult:
+            async with gate:
+                result = await self.run_one(sc)
+            if self.on_result is not None:
+                self.on_result(result)
+            return result
+
+        return list(await asyncio.gather(*(one(sc) for sc in scenarios)))
+
+    # -- capabilities ----------------------------------------------------------
+
+    async def capabilities(self, service: str, protocol: Protocol | None = None) -> set[str]:
+        """What ``service`` advertises, before and after STARTTLS (probed once per run).
+
+        Raises:
+            StepFailure: if the probe itself fails (the message says how).
+        """
+        lock = self._cap_locks.setdefault(service, asyncio.Lock())
+        async with lock:
+            if service not in self._caps:
+                try:
+                    self._caps[service] = await self._probe_capabilities(service, protocol)
+                except (StepFailure, ConnectFailed, OSError) as exc:
+                    self._caps[service] = f"capability probe of service {service!r} failed: {exc}"
+        caps = self._caps[service]
+        if isinstance(caps, str):
+            raise SetupFailed(caps)
+        return caps
+
+    async def _probe_capabilities(self, service: str, protocol: Protocol | None) -> set[str]:
+        svc = self.target.services[service]
+        timeout = self.target.read_timeout
+        channel = Channel(f"probe-{service}", svc, self.target, Transcript())
+        await channel.open()
+        protocol = protocol or _guess_protocol(service, svc.port)
+        session = make_session(protocol, channel)
+        caps: set[str] = set()
+        try:
+            greeting = await session.read_greeting(timeout)
+            if not _positive(protocol, greeting):
+                raise StepFailure(f"greeting was not positive: {_show(greeting)}")
+            caps |= session.capabilities
+            caps |= await self._ask_caps(session, timeout)
+            if svc.tls is TlsMode.STARTTLS and caps & {"STARTTLS", "STLS"}:
+                resp = await _starttls_command(session, timeout)
+                if _positive(protocol, resp):
+                    await session.start_tls()
+                    caps |= await self._ask_caps(session, timeout)
+        finally:
+            await channel.close()
+        return caps
+
+    async def _ask_caps(self, session: Session, timeout: float) -> set[str]:
+        if isinstance(session, SmtpSession):
+            await session.ehlo(timeout)
+        elif isinstance(session, Pop3Session):
+            await session.capa(timeout)
+        elif isinstance(session, ImapSession):
+            await session.capability(timeout)
+        return set(session.capabilities)
+
+    # -- one scenario ----------------------------------------------------------
+
+    async def run_one(self, scenario: Scenario) -> ScenarioResult:
+        ex = _Execution(scenario, self.target, dict(self.target.variables()))
+        started = time.monotonic()
+        result = ScenarioResult(
+            id=scenario.id,
+            title=scenario.title,
+            path=str(scenario.path),
+            status=Status.PASSED,
+            covers=scenario.covers,
+            tags=scenario.tags,
+            rfc=scenario.rfc,
+        )
+        deadline = scenario.timeout or self.scenario_timeout or DEFAULT_SCENARIO_TIMEOUT
+        try:
+            for req in scenario.requires:
+                protocol = next(
+                    (c.protocol for c in scenario.connections.values() if c.service == req.service),
+                    None,
+                )
+                caps = await self.capabilities(req.service, protocol)
+                if req.capability not in caps:
+                    result.status = Status.NOT_APPLICABLE
+                    result.message = f"service {req.service!r} does not advertise {req.capability}"
+                    return result
+            await asyncio.wait_for(self._execute(ex), timeout=deadline)
+        except StepFailure as exc:
+            result.status, result.message = Status.FAILED, str(exc)
+        except TimeoutError:
+            result.status = Status.FAILED
+            where = f" at step {ex.step.index + 1}" if ex.step else ""
+            result.message = f"scenario did not finish within {deadline:g}s{where}"
+        except ConnectFailed as exc:
+            result.status, result.message = Status.FAILED, str(exc)
+        except (ConnectionError, BrokenPipeError) as exc:
+            result.status, result.message = Status.FAILED, f"connection lost: {exc}"
+        except SetupFailed as exc:
+            result.status, result.message = Status.ERROR, str(exc)
+        except TemplateError as exc:
+            result.status, result.message = Status.ERROR, str(exc)
+        except Exception as exc:  # a harness bug: say so, with the traceback as evidence
+            result.status = Status.ERROR
+            result.message = f"harness error: {type(exc).__name__}: {exc}"
+            for line in traceback.format_exc().splitlines():
+                ex.transcript.event("harness", line)
+        finally:
+            for session in ex.sessions.values():
+                await session.channel.close()
+            result.duration = time.monotonic() - started
+            result.transcript = ex.transcript.entries
+        if result.status is Status.FAILED and ex.step is not None:
+            result.step, result.line = ex.step.index, ex.step.position.line
+        return result
+
+    async def _execute(self, ex: _Execution) -> None:
+        for delivery in ex.scenario.setup:
+            await self._deliver(ex, delivery)
+        for step in ex.scenario.steps:
+            ex.step = step
+            await self._step(ex, step)
+
+    async def _session(self, ex: _Execution, conn: Connection) -> Session:
+        session = ex.sessions.get(conn.name)
+        if session is None or not session.channel.is_open:
+            channel = Channel(
+                conn.name, self.target.services[conn.service], self.target, ex.transcript
+            )
+            await channel.open()
+            session = make_session(conn.protocol, channel)
+            ex.sessions[conn.name] = session
+        return session
+
+    def _timeout(self, step: Step) -> float:
+        return step.timeout or self.target.read_timeout
+
+    async def _step(self, ex: _Execution, step: Step) -> None:
+        conn = ex.scenario.connections[step.conn]
+        if isinstance(step.action, Close):
+            session = ex.sessions.get(conn.name)
+            if session is not None:
+                await session.channel.close()
+            return
+        if isinstance(step.action, Sleep):
+            await asyncio.sleep(step.action.seconds)
+            return
+        session = await self._session(ex, conn)
+        timeout = self._timeout(step)
+        if not session.greeted:
+            if step.action is None:  # this step's expectation is about the greeting
+                session.greeted = True
+                await self._expect(ex, session, step, timeout, greeting=True)
+                return
+            greeting = await session.read_greeting(timeout)
+            if not _positive(conn.protocol, greeting):
+                raise StepFailure(f"greeting on {conn.name!r} was not positive: {_show(greeting)}")
+        action = step.action
+        if isinstance(action, Send):
+            if action.raw:
+                data = self._raw_bytes(action.text, ex.values) * action.repeat
+            else:
+                data = (
+                    action.text.render(ex.values).encode("utf-8", errors="surrogateescape")
+                    + b"\r\n"
+                )
+            session.note_sent(data)
+            await session.channel.send(data)
+        elif isinstance(action, Data):
+            await session.channel.send(dot_stuff(action.body.render(ex.values)))
+        elif isinstance(action, StartTls):
+            resp = await _starttls_command(session, timeout)
+            self._judge(ex, step, resp, default_ok=True)
+            if _positive(conn.protocol, resp):
+                await session.start_tls()
+            return
+        elif isinstance(action, Auth):
+            resp = await session.authenticate(  # type: ignore[attr-defined]
+                action.mechanism,
+                action.username.render(ex.values),
+                action.password.render(ex.values),
+                action.initial_response,
+                timeout,
+            )
+            self._judge(ex, step, resp, default_ok=True)
+            return
+        if step.expect is not None or step.capture:
+            await self._expect(ex, session, step, timeout)
+
+    @staticmethod
+    def _raw_bytes(tpl: Template, values: dict[str, str]) -> bytes:
+        out = b""
+        for part in tpl.parts:
+            if isinstance(part, str):
+                out += decode_raw(part)
+            elif part.name in values:
+                out += values[part.name].encode("utf-8")
+            else:
+                raise TemplateError(f"unknown variable {{{part.name}}}", part.offset)
+        return out
+
+    async def _expect(
+        self, ex: _Execution, session: Session, step: Step, timeout: float, greeting: bool = False
+    ) -> None:
+        exp = step.expect or Expectation()
+        if exp.silence is not None:
+            await session.expect_silence(exp.silence)
+            return
+        only_closed = exp.closed and exp == Expectation(closed=True)
+        if only_closed:
+            await session.expect_closed(timeout)
+            return
+        resp = await self._read(ex, session, exp, timeout, greeting)
+        self._judge(ex, step, resp, default_ok=False)
+        if exp.closed:
+            await session.expect_closed(timeout)
+
+    async def _read(
+        self, ex: _Execution, session: Session, exp: Expectation, timeout: float, greeting: bool
+    ) -> object:
+        if isinstance(session, SmtpSession):
+            return await session.read_reply(timeout)
+        if isinstance(session, Pop3Session):
+            return await session.read_response(
+                timeout, multiline=False if greeting else exp.multiline
+            )
+        assert isinstance(session, ImapSession)
+        if greeting:
+            return await session.read_exchange(timeout, tag=None, until_continuation=False)
+        tag = exp.tag.render(ex.values) if exp.tag is not None else None
+        if tag is None and (exp.tagged is not None or not exp.untagged or exp.continuation):
+            tag = session.pending_tags[-1] if session.pending_tags else None
+        if exp.untagged and exp.tagged is None and not exp.continuation:
+            patterns = [t.render_regex(ex.values) for t in exp.untagged]
+            return await session.read_exchange(
+                timeout, tag=tag, until_continuation=False, until_untagged=patterns
+            )
+        if tag is None and not exp.continuation and exp.tagged is not None:
+            raise StepFailure("no IMAP command is waiting for a tagged response; give expect.tag")
+        return await session.read_exchange(timeout, tag=tag, until_continuation=exp.continuation)
+
+    def _judge(self, ex: _Execution, step: Step, resp: object, *, default_ok: bool) -> None:
+        if step.expect is not None:
+            problems = check(step.expect, resp, ex.values)
+        elif default_ok:
+            problems = (
+                []
+                if _positive(ex.scenario.connections[step.conn].protocol, resp)
+                else [f"expected success, got {_show(resp)}"]
+            )
+        else:
+            problems = (
+                ["expected a response, but the server closed the connection"]
+                if isinstance(resp, Closed)
+                else []
+            )
+        if problems:
+            raise StepFailure("; ".join(problems))
+        text = response_text(resp)
+        for name, tpl in step.capture:
+            m = tpl.render_regex(ex.values).search(text)
+            if m is None:
+                raise StepFailure(
+                    f"capture {name!r}: /{tpl.render(ex.values)}/ did not match {text!r}"
+                )
+            ex.values[name] = m.group(1) if m.re.groups else m.group(0)
+
+    # -- setup -------------------------------------------------------------------
+
+    async def _deliver(self, ex: _Execution, d: Delivery) -> None:
+        """Put a message into mailboxes over SMTP (RFC 5321 §3.3) before the steps run."""
+        svc = self.target.services[d.via]
+        channel = Channel(f"setup-{d.via}", svc, self.target, ex.transcript)
+        timeout = self.target.read_timeout
+        try:
+            await channel.open()
+            smtp = SmtpSession(channel)
+
+            async def ok(resp: object, what: str, codes: tuple[int, ...]) -> None:
+                if not isinstance(resp, Reply) or resp.code not in codes:
+                    raise SetupFailed(f"setup delivery via {d.via!r}: {what} got {_show(resp)}")
+
+            await ok(await smtp.read_greeting(timeout), "greeting", (220,))
+            await ok(await smtp.ehlo(timeout), "EHLO", (250,))
+            if svc.tls is TlsMode.STARTTLS:
+                await ok(await smtp.command("STARTTLS", timeout), "STARTTLS", (220,))
+                await smtp.start_tls()
+                await ok(await smtp.ehlo(timeout), "EHLO after STARTTLS", (250,))
+            if d.login_as is not None:
+                acc = self.target.accounts[d.login_as]
+                await ok(
+                    await smtp.authenticate("PLAIN", acc.username, acc.password, True, timeout),
+                    "AUTH PLAIN",
+                    (235,),
+                )
+            recipients = []
+            for tpl in d.recipients:
+                rcpt = tpl.render(ex.values)
+                if "@" not in rcpt and rcpt in self.target.accounts:
+                    rcpt = self.target.accounts[rcpt].address
+                recipients.append(rcpt)
+            body = dot_stuff(d.message.render(ex.values))
+            for _ in range(d.count):
+                await ok(
+                    await smtp.command(f"MAIL FROM:<{d.sender.render(ex.values)}>", timeout),
+                    "MAIL",
+                    (250,),
+                )
+                for rcpt in recipients:
+                    await ok(
+                        await smtp.command(f"RCPT TO:<{rcpt}>", timeout), f"RCPT {rcpt}", (250, 251)
+                    )
+                await ok(await smtp.command("DATA", timeout), "DATA", (354,))
+                await channel.send(body)
+                await ok(await smtp.read_reply(timeout), "end of data", (250,))
+            await smtp.command("QUIT", timeout)
+        except (StepFailure, ConnectFailed, OSError) as exc:
+            raise SetupFailed(f"setup delivery via {d.via!r} failed: {exc}") from None
+        finally:
+            await channel.close()
+
+
+async def _starttls_command(session: Session, timeout: float) -> object:
+    if isinstance(session, SmtpSession):
+        return await session.command("STARTTLS", timeout)
+    if isinstance(session, Pop3Session):
+        return await session.command("STLS", timeout)
+    assert isinstance(session, ImapSession)
+    return await session.command("STARTTLS", timeout)
+
+
+def _guess_protocol(service: str, port: int) -> Protocol:
+    """The protocol a service speaks, from its conventional name or port."""
+    name = service.lower()
+    if name.startswith("pop") or port in (110, 995):
+        return Protocol.POP3
+    if name.startswith("imap") or port in (143, 993):
+        return Protocol.IMAP
+    return Protocol.SMTP

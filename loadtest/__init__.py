@@ -1,0 +1,1 @@
+"""Locust users for load on the delivery path; built in a later issue."""

@@ -1,0 +1,1 @@
+"""The bundled reference mail server (SMTP, POP3, IMAP, HTTP); built in later issues."""
