@@ -139,7 +139,7 @@ def main() -> None:
                     cmd, capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": ""}
                 )
                 harness.append(time.perf_counter() - t0)
-                if proc.returncode != 0:
+                if proc.returncode != 0 or f"{args.scenarios} passed, 0 failed" not in proc.stdout:
                     sys.exit(
                         f"mailharness run failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}"
                     )

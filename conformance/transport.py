@@ -103,7 +103,13 @@ class Channel:
     def is_open(self) -> bool:
         return self._writer is not None
 
-    async def open(self) -> None:
+    async def open(self, timeout: float | None = None) -> None:
+        """Connect (and for implicit TLS, handshake) within ``timeout`` seconds.
+
+        Raises:
+            ConnectFailed: refused, unreachable, timed out or TLS failed; says which.
+        """
+        timeout = timeout or self.target.connect_timeout
         svc, target = self.service, self.target
         implicit = svc.tls is TlsMode.IMPLICIT
         ctx = target.ssl_context() if implicit else None
@@ -117,11 +123,11 @@ class Channel:
                     server_hostname=(target.server_name or svc.host) if implicit else None,
                     limit=1 << 20,
                 ),
-                timeout=target.connect_timeout,
+                timeout=timeout,
             )
         except TimeoutError:
             raise ConnectFailed(
-                f"{svc.name} at {where}: no connection within {target.connect_timeout:g}s"
+                f"{svc.name} at {where}: no connection within {timeout:g}s"
             ) from None
         except ssl.SSLError as exc:
             raise ConnectFailed(f"{svc.name} at {where}: TLS handshake failed: {exc}") from None

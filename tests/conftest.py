@@ -4,13 +4,22 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 
 import contextlib
+import os
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 import yaml
+from hypothesis import HealthCheck, settings
 from scripted import ScriptedServer, TestCerts, make_test_certs
 from toymail import ToyMail
+
+# Hypothesis: a loaded 2-core machine must not turn "generation was slow" into a
+# failure, every failure prints the blob that reproduces it, and under CI the
+# examples are derandomized so a CI run can be repeated exactly.
+settings.register_profile("dev", suppress_health_check=[HealthCheck.too_slow], print_blob=True)
+settings.register_profile("ci", parent=settings.get_profile("dev"), derandomize=True)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci" if os.environ.get("CI") else "dev"))
 
 
 @pytest.fixture(scope="session")

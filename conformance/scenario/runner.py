@@ -331,13 +331,16 @@ class Runner:
             ex.step = step
             await self._step(ex, step)
 
-    async def _session(self, ex: _Execution, conn: Connection) -> Session:
+    async def _session(
+        self, ex: _Execution, conn: Connection, timeout: float | None = None
+    ) -> Session:
+        """The connection's session, opened now if needed (within the step's timeout)."""
         session = ex.sessions.get(conn.name)
         if session is None or not session.channel.is_open:
             channel = Channel(
                 conn.name, self.target.services[conn.service], self.target, ex.transcript
             )
-            await channel.open()
+            await channel.open(timeout)
             session = make_session(conn.protocol, channel)
             ex.sessions[conn.name] = session
         return session
@@ -355,7 +358,7 @@ class Runner:
         if isinstance(step.action, Sleep):
             await asyncio.sleep(step.action.seconds)
             return
-        session = await self._session(ex, conn)
+        session = await self._session(ex, conn, step.timeout)
         timeout = self._timeout(step)
         if not session.greeted:
             if step.action is None:  # this step's expectation is about the greeting

@@ -23,11 +23,15 @@ from ..wire.pop3 import Pop3Continuation, Pop3Response, Pop3ResponseReader
 from ..wire.smtp import Reply, SmtpReplyReader, parse_ehlo
 from .model import Protocol
 
-__all__ = ["Closed", "ImapExchange", "Session", "StepFailure", "make_session"]
+__all__ = ["Closed", "ImapExchange", "Session", "StepFailure", "StepTimeout", "make_session"]
 
 
 class StepFailure(Exception):
     """The server's behaviour failed a check; the message says how, in one line."""
+
+
+class StepTimeout(StepFailure):
+    """Nothing (or not enough) arrived before the step's deadline."""
 
 
 @dataclass(frozen=True)
@@ -119,11 +123,17 @@ class Session:
                 partial = self.reader.pending
                 if partial:
                     self.channel.transcript.data(self.channel.name, "S", partial)
-                raise StepFailure(f"{exc} (waiting for a response)") from None
+                raise StepTimeout(f"{exc} (waiting for a response)") from None
             self.reader.receive_data(data)
 
     async def expect_closed(self, timeout: float) -> None:
-        event = await self._next(timeout)
+        try:
+            event = await self._next(timeout)
+        except StepTimeout:
+            raise StepFailure(
+                "expected the server to close the connection, "
+                f"but it was still open after {timeout:g}s"
+            ) from None
         if not isinstance(event, ConnectionClosed):
             raise StepFailure(f"expected the server to close the connection, got {event.raw!r}")
 
@@ -216,8 +226,14 @@ class SmtpSession(Session):
 
 
 def capability_set_smtp(reply: Reply) -> set[str]:
+    """EHLO keywords, plus ``KEYWORD=PARAM`` for each parameter.
+
+    Read leniently: a legacy line such as ``AUTH=PLAIN LOGIN`` (which breaks
+    RFC 5321 §4.1.1.1 ehlo-line) still yields AUTH, so one odd line does not
+    fail every unrelated capability check; the EHLO syntax scenario reports it.
+    """
     caps: set[str] = set()
-    for keyword, params in parse_ehlo(reply).items():
+    for keyword, params in parse_ehlo(reply, strict=False).items():
         caps.add(keyword)
         caps.update(f"{keyword}={p.upper()}" for p in params)
     return caps
@@ -235,11 +251,19 @@ class Pop3Session(Session):
         self._in_sasl = False
         self._shapes: deque[bool] = deque()  # multiline? for each command sent, in order
         self._armed = False  # the reader holds the shape of the response being read
+        self._line = b""  # a command line sent in pieces, so far
 
     def note_sent(self, data: bytes) -> None:
-        # One expectation per command line, in order (RFC 2449 §6.6 PIPELINING).
-        for line in data.split(b"\r\n")[:-1] if data.endswith(b"\r\n") else [data]:
-            if self._in_sasl:  # a reply to a "+ " challenge is not a command
+        """Queue the shape of the answer to each command line, in order.
+
+        RFC 2449 §6.6 PIPELINING: answers come in the order of the commands.
+        Lines may arrive in pieces (a command sent in fragments counts once,
+        when its line ends), and a reply to a SASL "+ " challenge is not a command.
+        """
+        self._line += data
+        *lines, self._line = self._line.split(b"\n")
+        for line in lines:
+            if self._in_sasl:
                 continue
             words = line.split()
             verb = words[0].upper().decode("ascii", "replace") if words else ""
@@ -260,7 +284,7 @@ class Pop3Session(Session):
         if isinstance(event, Pop3Response):
             self._in_sasl = False
             self._armed = False
-        return event  # type: ignore[no-any-return]
+        return event
 
     async def read_greeting(self, timeout: float) -> Response:
         self.greeted = True
@@ -318,7 +342,7 @@ def capability_set_pop3(resp: Pop3Response) -> set[str]:
 
 
 _IMAP_TAGGED_CMD = re.compile(rb"^([\x21\x23\x24\x26\x27\x2c-\x5b\x5d-\x7a\x7c\x7e]+) [A-Za-z]")
-_SYNC_LITERAL_END = re.compile(rb"\{\d+\}\r\n$")
+_LITERAL_END = re.compile(rb"~?\{(\d+)\+?\}\r?\n$")
 
 
 class ImapSession(Session):
@@ -329,7 +353,9 @@ class ImapSession(Session):
         self.last_tag: str | None = None
         self.pending_tags: list[str] = []
         self.stash: dict[str, TaggedResponse] = {}
-        self._literal_next = False
+        self._line = b""  # a command line sent in pieces, so far
+        self._literal_left = 0  # bytes of literal data still to be sent
+        self._continuing = False  # the next line carries on a command after a literal
         self._counter = 0
 
     def next_tag(self) -> str:
@@ -337,16 +363,37 @@ class ImapSession(Session):
         return f"h{self._counter}"
 
     def note_sent(self, data: bytes) -> None:
-        # A line is a new command unless it carries the data of a synchronizing literal
-        # announced at the end of the previous line (RFC 9051 §4.3).
-        for line in data.splitlines(keepends=True):
-            if not self._literal_next:
+        """Track which tags wait for a tagged response.
+
+        A command is a line that starts a new command: not one that carries on
+        after a literal, and not the N bytes of a literal announced by
+        ``{N}`` or ``{N+}`` at the end of the line before (RFC 9051 §4.3,
+        RFC 7888). The bytes are counted, since literal data may hold lines of
+        its own (an APPENDed message's "Subject: hi" is not a command).
+        """
+        pos = 0
+        while pos < len(data):
+            if self._literal_left:
+                take = min(self._literal_left, len(data) - pos)
+                self._literal_left -= take
+                pos += take
+                continue
+            end = data.find(b"\n", pos)
+            chunk = data[pos:] if end < 0 else data[pos : end + 1]
+            pos += len(chunk)
+            self._line += chunk
+            if end < 0:
+                break
+            line, self._line = self._line, b""
+            if not self._continuing:
                 m = _IMAP_TAGGED_CMD.match(line)
-                if m and line.strip().upper() != b"DONE":
+                if m:
                     tag = m.group(1).decode("ascii")
                     self.last_tag = tag
                     self.pending_tags.append(tag)
-            self._literal_next = bool(_SYNC_LITERAL_END.search(line))
+            literal = _LITERAL_END.search(line)
+            self._literal_left = int(literal.group(1)) if literal else 0
+            self._continuing = literal is not None
 
     async def read_exchange(
         self,

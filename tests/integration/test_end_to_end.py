@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import socket
 import subprocess
 import sys
 import textwrap
+import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -15,6 +17,10 @@ import yaml
 from click.testing import CliRunner
 
 from conformance.cli import main
+from conformance.results import Status
+from conformance.scenario.loader import load_paths
+from conformance.scenario.runner import Runner
+from conformance.targets import load_target
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -33,8 +39,14 @@ def test_shipped_scenarios_pass_against_the_toy_servers(toy_servers, tmp_path):
     target = toy_servers.target_yaml(tmp_path / "target.yaml")
     junit, out_json = tmp_path / "out.xml", tmp_path / "out.json"
     code, output = run_cli(
-        "run", str(ROOT / "scenarios"), "--target", str(target),
-        "--junit", str(junit), "--json", str(out_json),
+        "run",
+        str(ROOT / "scenarios"),
+        "--target",
+        str(target),
+        "--junit",
+        str(junit),
+        "--json",
+        str(out_json),
     )
     assert code == 0, output
     assert "0 failed" in output
@@ -88,7 +100,9 @@ def test_submit_then_read_over_imap_and_pop3_in_one_scenario(toy_servers, tmp_pa
             send: a2 FETCH {exists} (BODY[])
             expect:
               tagged: OK
-              untagged: ['(?s)BODY\\[\\] \\{\\d+\\}\\r\\nSubject: over the wire.*\\r\\n\\.a line starting']
+              untagged:
+                - '(?s)BODY\\[\\] \\{\\d+\\}\\r\\nSubject: over the wire.*\\r\\n\\.a line starting'
+
           - conn: pop
             starttls: true
           - conn: pop
@@ -165,8 +179,14 @@ REFUSED = {"smtp": "code: 535", "pop3": "status: err", "imap": "tagged: NO"}
 
 @pytest.mark.parametrize(
     ("proto", "mechanism"),
-    [("smtp", "PLAIN"), ("smtp", "LOGIN"), ("pop3", "PLAIN"), ("pop3", "native"),
-     ("imap", "PLAIN"), ("imap", "native")],
+    [
+        ("smtp", "PLAIN"),
+        ("smtp", "LOGIN"),
+        ("pop3", "PLAIN"),
+        ("pop3", "native"),
+        ("imap", "PLAIN"),
+        ("imap", "native"),
+    ],
 )
 def test_auth_after_starttls(toy_servers, tmp_path, proto, mechanism):
     target = toy_servers.target_yaml(tmp_path / "target.yaml")
@@ -301,12 +321,22 @@ def test_target_file_errors(tmp_path, monkeypatch):
 def test_k_filter_and_no_match(toy_servers, tmp_path):
     target = toy_servers.target_yaml(tmp_path / "target.yaml")
     code, output = run_cli(
-        "run", str(ROOT / "scenarios"), "--target", str(target), "-k", "imap.*", "-k", "!imap.logout*", "-v"
+        "run",
+        str(ROOT / "scenarios"),
+        "--target",
+        str(target),
+        "-k",
+        "imap.*",
+        "-k",
+        "!imap.logout*",
+        "-v",
     )
     assert code == 0, output
     assert "PASSED imap.greeting.ok" in output and "imap.logout" not in output
     assert "smtp." not in output
-    code, output = run_cli("run", str(ROOT / "scenarios"), "--target", str(target), "-k", "nothing-like-this")
+    code, output = run_cli(
+        "run", str(ROOT / "scenarios"), "--target", str(target), "-k", "nothing-like-this"
+    )
     assert code == 2 and "no scenario matches" in output
 
 
@@ -370,9 +400,23 @@ def test_pytest_plugin_collects_and_runs_scenarios(toy_servers, tmp_path):
         """,
     )
     proc = subprocess.run(
-        [sys.executable, "-m", "pytest", str(suite), "--mail-target", str(target), "-rs",
-         "-p", "no:cacheprovider", "-o", "filterwarnings=error"],
-        capture_output=True, text=True, cwd=tmp_path, timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            str(suite),
+            "--mail-target",
+            str(target),
+            "-rs",
+            "-p",
+            "no:cacheprovider",
+            "-o",
+            "filterwarnings=error",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=120,
     )
     out = proc.stdout + proc.stderr
     assert proc.returncode == 1, out
@@ -383,8 +427,66 @@ def test_pytest_plugin_collects_and_runs_scenarios(toy_servers, tmp_path):
     assert "not applicable: service 'mx' does not advertise XNOTHING" in out
     broken = write(suite / "broken.yaml", "id: b\nprotocol: smtp\ntitle: t\nsteps:\n  - sned: x\n")
     proc = subprocess.run(
-        [sys.executable, "-m", "pytest", str(broken), "--mail-target", str(target), "-p", "no:cacheprovider"],
-        capture_output=True, text=True, cwd=tmp_path, timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            str(broken),
+            "--mail-target",
+            str(target),
+            "-p",
+            "no:cacheprovider",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=120,
     )
     assert proc.returncode != 0
     assert f"{broken}:5:5: unknown key 'sned'" in proc.stdout + proc.stderr
+
+
+def test_step_timeout_bounds_the_connect(tmp_path):
+    """A listener that never accepts (full backlog) times out at the step's own deadline."""
+    blocker = socket.socket()
+    blocker.bind(("127.0.0.1", 0))
+    blocker.listen(0)
+    port = blocker.getsockname()[1]
+    fillers = []
+    try:
+        for _ in range(8):  # fill the accept queue so further connects hang
+            s = socket.socket()
+            s.setblocking(False)
+            s.connect_ex(("127.0.0.1", port))
+            fillers.append(s)
+        target = write(
+            tmp_path / "t.yaml",
+            f"""\
+            host: 127.0.0.1
+            domain: example.test
+            timeouts: {{connect: 30}}
+            services: {{mx: {{port: {port}, tls: implicit}}}}
+            """,
+        )
+        scenario = write(
+            tmp_path / "s.yaml",
+            """\
+            id: connect.timeout
+            protocol: smtp
+            title: connect bounded by the step
+            steps:
+              - send: NOOP
+                timeout: 0.5
+                expect: {code: 250}
+            """,
+        )
+        (sc,) = load_paths([scenario])
+        t0 = time.monotonic()
+        result = asyncio.run(Runner(load_target(target)).run_one(sc))
+        assert time.monotonic() - t0 < 5
+        assert result.status is Status.FAILED
+        assert "no connection within 0.5s" in (result.message or ""), result.message
+    finally:
+        for s in fillers:
+            s.close()
+        blocker.close()
