@@ -17,9 +17,13 @@ import conformance.wire
 from conformance.wire import (
     NEED_DATA,
     ConnectionClosed,
+    ImapResponseReader,
+    LocalProtocolError,
     NeedData,
+    Pop3ResponseReader,
     ReceiveBuffer,
     RemoteProtocolError,
+    SmtpReplyReader,
 )
 
 
@@ -128,3 +132,31 @@ def test_chunking_does_not_change_lines(lines: list[bytes], chunk: int) -> None:
             found.append(line)
     assert found == [line.replace(b"\r", b"") for line in lines]
     assert len(buffer) == 0
+
+
+# -- the contract every reader shares (ReaderBase) --------------------------------
+
+READERS = [
+    (SmtpReplyReader, b"xyz\r\n250 ok\r\n"),
+    (Pop3ResponseReader, b"+ok\r\n+OK\r\n"),
+    (ImapResponseReader, b"* 0 FETCH (UID 1)\r\n* OK\r\n"),
+]
+
+
+@pytest.mark.parametrize(("reader_type", "bad"), READERS, ids=["smtp", "pop3", "imap"])
+def test_error_is_sticky(reader_type: type, bad: bytes) -> None:
+    reader = reader_type()
+    reader.receive_data(bad)
+    with pytest.raises(RemoteProtocolError) as first:
+        reader.next_event()
+    with pytest.raises(RemoteProtocolError) as second:
+        reader.next_event()
+    assert second.value is first.value
+
+
+@pytest.mark.parametrize(("reader_type", "bad"), READERS, ids=["smtp", "pop3", "imap"])
+def test_data_after_eof_is_a_local_error(reader_type: type, bad: bytes) -> None:
+    reader = reader_type()
+    reader.receive_data(b"")
+    with pytest.raises(LocalProtocolError, match="after EOF"):
+        reader.receive_data(bad)

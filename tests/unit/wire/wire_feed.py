@@ -4,7 +4,24 @@ from __future__ import annotations
 
 from typing import Any
 
+from hypothesis import settings
+
 from conformance.wire import NEED_DATA, ConnectionClosed, RemoteProtocolError
+
+FUZZ = settings(max_examples=150, deadline=None, database=None)
+
+
+def drain(reader: Any, data: bytes, *, eof: bool = True) -> list[Any]:
+    """Feed ``data`` (then EOF) and collect events up to NEED_DATA or ConnectionClosed."""
+    reader.receive_data(data)
+    if eof:
+        reader.receive_data(b"")
+    events: list[Any] = []
+    while True:
+        event = reader.next_event()
+        events.append(event)
+        if event is NEED_DATA or isinstance(event, ConnectionClosed):
+            return events
 
 
 def feed_all(reader: Any, data: bytes, chunk: int | None) -> tuple[list[Any], str | None]:
