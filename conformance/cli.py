@@ -12,10 +12,16 @@ import datetime as dt
 import fnmatch
 import json
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import click
+
+from reference_server.app import MailServer, serve_until_signal
+from reference_server.config import ConfigError, load_config
+from reference_server.controller import ServerThread
+from reference_server.devsetup import dev_config, write_target
 
 from . import __version__
 from ._yaml import LoadError
@@ -234,6 +240,164 @@ def execute(
         write_junit(run_result, junit)
     print_summary(run_result, out)
     return EXIT_OK if run_result.ok else EXIT_FAILED
+
+
+SHIPPED_SCENARIOS = Path(__file__).resolve().parent.parent / "scenarios"
+
+
+@main.command()
+@click.argument("paths", nargs=-1, type=click.Path(path_type=Path))
+@click.option(
+    "--target",
+    "target_file",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Check this server instead of the embedded reference server.",
+)
+@click.option(
+    "--junit", type=click.Path(path_type=Path, dir_okay=False), help="Write JUnit XML here."
+)
+@click.option(
+    "--json",
+    "json_file",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Write the full results (with transcripts) as JSON here.",
+)
+@click.option(
+    "-k",
+    "patterns",
+    multiple=True,
+    metavar="PATTERN",
+    help="Only scenarios whose id or tag matches (see `run`).",
+)
+@click.option("-j", "--jobs", type=click.IntRange(1, 512), default=8, show_default=True)
+@click.option(
+    "--timeout", type=click.FloatRange(min=0.1), default=None, help="Seconds one scenario may take."
+)
+@click.option("--ca-file", type=click.Path(path_type=Path, dir_okay=False, exists=True))
+@click.option("--insecure", is_flag=True, help="Do not verify TLS certificates.")
+@click.option("-v", "--verbose", is_flag=True, help="Show every result and whole transcripts.")
+@click.option("--progress/--no-progress", default=None)
+def check(
+    paths: tuple[Path, ...],
+    target_file: Path | None,
+    junit: Path | None,
+    json_file: Path | None,
+    patterns: tuple[str, ...],
+    jobs: int,
+    timeout: float | None,
+    ca_file: Path | None,
+    insecure: bool,
+    verbose: bool,
+    progress: bool | None,
+) -> None:
+    """Run the shipped suites against a server (default: the embedded reference server).
+
+    Without --target the reference server starts in this process on free
+    loopback ports, with a throwaway certificate and accounts, and stops at
+    the end. Scenarios for services the target does not offer are reported
+    as not applicable.
+    """
+    roots = list(paths) or [SHIPPED_SCENARIOS]
+    with tempfile.TemporaryDirectory(prefix="mailharness-check-") as tmp:
+        embedded = None
+        if target_file is None:
+            embedded, target_file = _start_embedded(Path(tmp))
+            click.echo(f"embedded reference server: {_listeners(embedded)}", err=True)
+        try:
+            try:
+                target = load_target(target_file).with_tls(insecure=insecure, ca_file=ca_file)
+            except LoadError as exc:
+                _fail_input([exc])
+            try:
+                scenarios = load_paths(roots, accounts=set(target.accounts))
+            except LoadErrors as exc:
+                _fail_input(exc.errors)
+            chosen = select(scenarios, patterns)
+            if not chosen:
+                click.echo(f"no scenario matches {' '.join(patterns)}", err=True)
+                sys.exit(EXIT_USAGE)
+            code = execute(
+                chosen,
+                target,
+                junit=junit,
+                json_file=json_file,
+                jobs=jobs,
+                timeout=timeout,
+                verbose=verbose,
+                progress=progress,
+            )
+        finally:
+            if embedded is not None:
+                embedded.stop()
+    sys.exit(code)
+
+
+def _start_embedded(directory: Path) -> tuple[ServerThread, Path]:
+    """Start the reference server in a thread; write a target file for it."""
+    config, passwords = dev_config(directory / "server")
+    thread = ServerThread(config).start()
+    assert thread.server is not None
+    target_path = directory / "target.yaml"
+    write_target(target_path, config, thread.bound, passwords, thread.server.ca_file)
+    return thread, target_path
+
+
+def _listeners(thread: ServerThread) -> str:
+    return ", ".join(f"{name} {host}:{port}" for name, (host, port) in thread.bound.items())
+
+
+@main.command()
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Server configuration; without it, a development setup on free ports.",
+)
+@click.option(
+    "--data-dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    help="Where the development setup keeps mail, accounts and certificates "
+    "(default: a new temporary directory).",
+)
+@click.option(
+    "--write-target",
+    "target_out",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Write a target file for the listeners opened, for `mailharness run --target`.",
+)
+def serve(config_path: Path | None, data_dir: Path | None, target_out: Path | None) -> None:
+    """Run the reference mail server until Ctrl-C.
+
+    With no --config: a development setup (domain example.test, accounts alice
+    and bob with fresh passwords, a generated certificate) on free loopback
+    ports, printed at start.
+    """
+    if config_path is not None:
+        try:
+            config = load_config(config_path)
+        except ConfigError as exc:
+            click.echo(str(exc), err=True)
+            sys.exit(EXIT_USAGE)
+        passwords: dict[str, str] = {}
+    else:
+        base = data_dir or Path(tempfile.mkdtemp(prefix="mailharness-serve-"))
+        config, passwords = dev_config(base)
+
+    def started(server: MailServer) -> None:
+        for name, (host, port) in server.bound.items():
+            lst = config.listeners[name]
+            click.echo(f"listening: {name} ({lst.kind}, tls {lst.tls}) on {host}:{port}")
+        click.echo(f"data: {config.data_dir}")
+        for user, password in passwords.items():
+            click.echo(f"account: {user} password {password}")
+        if server.ca_file is not None:
+            click.echo(f"CA certificate: {server.ca_file}")
+        if target_out is not None:
+            write_target(target_out, config, server.bound, passwords, server.ca_file)
+            click.echo(f"target file: {target_out}")
+        click.echo("Ctrl-C stops the server.", err=True)
+
+    asyncio.run(serve_until_signal(config, on_started=started))
 
 
 def _describe_target(target: Target) -> dict[str, object]:

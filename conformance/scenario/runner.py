@@ -204,13 +204,32 @@ class Runner:
         await asyncio.gather(*(probe(s) for s in services))
 
     async def run(self, scenarios: list[Scenario]) -> list[ScenarioResult]:
-        """Run all scenarios, ``jobs`` at a time; results come back in input order."""
-        await self.preflight(scenarios)
+        """Run all scenarios, ``jobs`` at a time; results come back in input order.
+
+        A scenario that needs a service the target does not define is not
+        applicable (``mailharness check`` runs every suite against servers that
+        offer only some protocols; ``run`` refuses such files before this).
+        """
+        offered = set(self.target.services)
+        await self.preflight([sc for sc in scenarios if sc.services() <= offered])
         gate = asyncio.Semaphore(self.jobs)
 
         async def one(sc: Scenario) -> ScenarioResult:
-            async with gate:
-                result = await self.run_one(sc)
+            missing = sorted(sc.services() - offered)
+            if missing:
+                result = ScenarioResult(
+                    id=sc.id,
+                    title=sc.title,
+                    path=str(sc.path),
+                    status=Status.NOT_APPLICABLE,
+                    message=f"the target offers no {', '.join(missing)} service",
+                    covers=sc.covers,
+                    tags=sc.tags,
+                    rfc=sc.rfc,
+                )
+            else:
+                async with gate:
+                    result = await self.run_one(sc)
             if self.on_result is not None:
                 self.on_result(result)
             return result

@@ -101,6 +101,25 @@ class Reply:
                 rfc_ref="RFC 3463 §2",
             )
 
+    @classmethod
+    def build(cls, code: int, enhanced: str | None, *texts: str) -> Reply:
+        """A reply to send: ``enhanced`` (RFC 2034 §4: on every line) then each text.
+
+        Raises:
+            LocalProtocolError: invalid code or enhanced code, no text, or CR/LF in a text.
+        """
+        if not texts:
+            texts = ("",)
+        if any("\r" in t or "\n" in t for t in texts):
+            raise LocalProtocolError("reply text cannot contain CR or LF", rfc_ref=_GRAMMAR)
+        prefix = f"{enhanced} " if enhanced else ""
+        lines = tuple(f"{prefix}{t}".rstrip(" ") for t in texts)
+        last = len(lines) - 1
+        raw = "".join(
+            f"{code}{'-' if i < last else ' '}{line}\r\n" for i, line in enumerate(lines)
+        ).encode("utf-8")
+        return cls(code=code, lines=lines, enhanced=enhanced, raw=raw)
+
     @property
     def text(self) -> str:
         """The text of all lines joined with ``"\\n"``."""

@@ -1,0 +1,86 @@
+"""The whole reference server: storage, accounts, TLS and every listener, run together."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import ssl
+from collections.abc import Callable
+from pathlib import Path
+
+from .auth import Accounts
+from .config import ServerConfig
+from .smtp.server import SmtpListener
+from .storage import MaildirStore, OutboundSpool
+from .tls import resolve_tls_files, server_context
+
+__all__ = ["MailServer", "serve_until_signal"]
+
+log = logging.getLogger("reference_server")
+
+SMTP_KINDS = ("mx", "submission", "submissions")
+
+
+class MailServer:
+    """Builds the parts from a :class:`ServerConfig`; ``start`` opens the listeners."""
+
+    def __init__(self, config: ServerConfig) -> None:
+        self.config = config
+        self.accounts = Accounts.load(config.accounts_file)
+        self.store = MaildirStore(config.data_dir / "mail")
+        self.spool = OutboundSpool(config.data_dir / "spool")
+        self.ca_file: Path | None = None  # set when a development CA was generated
+        self.tls_context = self._tls_context()
+        self.stopping = False
+        self.active_sessions = 0
+        self.listeners = [
+            SmtpListener(self, name, lst.kind, lst.tls, lst.host, lst.port)
+            for name, lst in config.listeners.items()
+            if lst.kind in SMTP_KINDS
+        ]
+        self.bound: dict[str, tuple[str, int]] = {}
+
+    def _tls_context(self) -> ssl.SSLContext | None:
+        """The certificate from the config, or a generated development one; None without TLS."""
+        if not any(lst.tls != "none" for lst in self.config.listeners.values()):
+            return None
+        files = resolve_tls_files(self.config)
+        self.ca_file = files.ca_file
+        return server_context(files.cert_file, files.key_file)
+
+    async def start(self) -> dict[str, tuple[str, int]]:
+        """Open every listener; returns where each one is bound (port 0 becomes a real port)."""
+        for listener in self.listeners:
+            self.bound[listener.name] = await listener.start()
+            log.info(
+                "listening: %s (%s) on %s:%d",
+                listener.name,
+                listener.kind,
+                *self.bound[listener.name],
+            )
+        return dict(self.bound)
+
+    async def stop(self) -> None:
+        """421 to every session, close the listeners, finish storage work."""
+        self.stopping = True
+        await asyncio.gather(*(listener.stop() for listener in self.listeners))
+        await self.store.close()
+
+
+async def serve_until_signal(
+    config: ServerConfig, *, on_started: Callable[[MailServer], None] | None = None
+) -> None:
+    """Run until SIGINT or SIGTERM, then stop cleanly (421 to open sessions)."""
+    server = MailServer(config)
+    await server.start()
+    if on_started is not None:
+        on_started(server)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        await server.stop()

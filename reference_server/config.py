@@ -1,0 +1,664 @@
+"""The reference server's configuration: one YAML file, loaded into frozen dataclasses.
+
+Theory of operation: :func:`load_config` parses the file with a loader that
+rejects duplicate keys and knows only ``true``/``false`` as booleans (YAML
+1.2; PyYAML's YAML 1.1 would read ``tls: off`` as ``False``), then walks the
+plain values section by section. Every value is checked where it is read,
+and the first problem becomes a :class:`ConfigError` whose message is one
+line naming the file and the key path, and saying how to fix it::
+
+    server.yaml: listeners.submission.port: expected an integer 0-65535, got 'x'
+
+Relative paths in the file are relative to the file's directory, so the
+resulting configuration holds absolute paths only. Nothing here touches the
+network: listener hosts must be IP literals and the server's own name comes
+from ``hostname`` (no reverse lookups, no ``getfqdn``).
+
+See docs/reference-server.md, section "Configuration", for every key.
+"""
+
+from __future__ import annotations
+
+import difflib
+import ipaddress
+import math
+import re
+from collections.abc import Hashable, Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from typing import Any, Final, NoReturn, TypeGuard
+
+import yaml
+from yaml.constructor import ConstructorError
+
+__all__ = [
+    "ConfigError",
+    "FaultRule",
+    "Limits",
+    "LineLimits",
+    "ListenerConfig",
+    "ListenerKind",
+    "ServerConfig",
+    "Timeouts",
+    "TlsConfig",
+    "TlsMode",
+    "load_config",
+]
+
+
+class ConfigError(ValueError):
+    """A problem in a configuration file, as one line: ``file: key.path: message``.
+
+    Attributes:
+        file: the file as given to :func:`load_config`.
+        key: the key path (``listeners.mx.port``, ``faults[0].reply``), or ``""``
+            when the problem concerns the file as a whole.
+        message: the problem and how to fix it.
+    """
+
+    def __init__(self, file: str, key: str, message: str) -> None:
+        self.file = file
+        self.key = key
+        self.message = message
+        where = f"{file}: {key}: " if key else f"{file}: "
+        super().__init__(where + message)
+
+
+class ListenerKind(StrEnum):
+    """The service a listener speaks."""
+
+    MX = "mx"  # SMTP relay (RFC 5321): mail for the local domains only
+    SUBMISSION = "submission"  # message submission (RFC 6409), STARTTLS then AUTH
+    SUBMISSIONS = "submissions"  # submission over implicit TLS (RFC 8314 §3.3)
+
+
+class TlsMode(StrEnum):
+    """How a listener offers TLS."""
+
+    NONE = "none"  # cleartext only
+    STARTTLS = "starttls"  # cleartext, upgraded on request (RFC 3207)
+    IMPLICIT = "implicit"  # TLS from the first byte (RFC 8314)
+
+
+_DEFAULT_PORT: Final[Mapping[ListenerKind, int]] = {
+    ListenerKind.MX: 25,
+    ListenerKind.SUBMISSION: 587,  # RFC 6409 §3.1
+    ListenerKind.SUBMISSIONS: 465,  # RFC 8314 §7.3
+}
+_DEFAULT_TLS: Final[Mapping[ListenerKind, TlsMode]] = {
+    ListenerKind.MX: TlsMode.STARTTLS,
+    ListenerKind.SUBMISSION: TlsMode.STARTTLS,
+    ListenerKind.SUBMISSIONS: TlsMode.IMPLICIT,
+}
+
+
+@dataclass(frozen=True, kw_only=True)
+class ListenerConfig:
+    """One listening socket. Port 0 means any free port (the OS picks one)."""
+
+    name: str
+    kind: ListenerKind
+    host: str = "127.0.0.1"
+    port: int = 0
+    tls: TlsMode = TlsMode.NONE
+
+
+@dataclass(frozen=True, kw_only=True)
+class TlsConfig:
+    """Where the certificate comes from.
+
+    ``cert_file`` and ``key_file`` are used when both exist. When both are
+    missing and ``generate`` is true, a development CA and certificate are
+    generated into ``<data_dir>/tls/`` (see :func:`reference_server.tls.resolve_tls_files`).
+    """
+
+    cert_file: Path
+    key_file: Path
+    generate: bool = False
+
+
+@dataclass(frozen=True, kw_only=True)
+class Timeouts:
+    """Seconds of silence the server waits for (RFC 5321 §4.5.3.2)."""
+
+    command: float = 300.0  # next command; server timeout, RFC 5321 §4.5.3.2.7
+    data_block: float = 180.0  # next chunk of message text, RFC 5321 §4.5.3.2.5
+    data_end: float = 600.0  # storing after the final dot, RFC 5321 §4.5.3.2.6
+    initial: float = 300.0  # first command after the greeting, RFC 5321 §4.5.3.2.1
+
+
+@dataclass(frozen=True, kw_only=True)
+class LineLimits:
+    """Longest lines accepted, in octets including the CRLF."""
+
+    command_line: int = 512  # RFC 5321 §4.5.3.1.4
+    text_line: int = 1000  # RFC 5321 §4.5.3.1.6
+
+
+@dataclass(frozen=True, kw_only=True)
+class Limits:
+    """Resource limits of the server."""
+
+    max_message_size: int = 26_214_400  # octets, announced as SIZE (RFC 1870)
+    max_recipients: int = 1000  # per message; at least 100, RFC 5321 §4.5.3.1.8
+    max_connections: int = 1000  # concurrent sessions; beyond this, 421
+    max_line_length: LineLimits = field(default_factory=LineLimits)
+    auth_failure_delay: float = 2.0  # seconds before a 535 answer
+    timeouts: Timeouts = field(default_factory=Timeouts)
+
+
+@dataclass(frozen=True, kw_only=True)
+class FaultRule:
+    """Fault injection for one listener (or ``*``) and one command (or ``*``).
+
+    Commands are upper-case verbs, plus ``CONNECT`` (before the greeting) and
+    ``DATA_END`` (after the final dot of DATA). Each rule draws from its own
+    ``random.Random(seed)``, so a run can be repeated.
+    """
+
+    listener: str = "*"
+    command: str = "*"
+    delay: float = 0.0  # seconds before answering
+    reply_rate: float = 0.0  # share of matching commands answered with `reply`
+    reply: str = "451 4.3.0 injected fault"
+    drop_rate: float = 0.0  # share of matching commands where the connection is dropped
+    seed: int = 0
+
+    @property
+    def reply_code(self) -> int:
+        """The three-digit code of :attr:`reply`."""
+        return int(self.reply[:3])
+
+    @property
+    def reply_text(self) -> str:
+        """The text of :attr:`reply` after the code."""
+        return self.reply[4:]
+
+    def matches(self, listener: str, command: str) -> bool:
+        """Whether the rule applies to ``command`` (any case) on ``listener``."""
+        return self.listener in ("*", listener) and self.command in ("*", command.upper())
+
+
+@dataclass(frozen=True, kw_only=True)
+class ServerConfig:
+    """The whole configuration; paths are absolute."""
+
+    hostname: str
+    domains: tuple[str, ...]
+    data_dir: Path
+    accounts_file: Path
+    postmaster: str = "alice"
+    tls: TlsConfig
+    listeners: Mapping[str, ListenerConfig]
+    limits: Limits = field(default_factory=Limits)
+    faults: tuple[FaultRule, ...] = ()
+    source: Path | None = None
+
+    @property
+    def mail_dir(self) -> Path:
+        """Root of the Maildirs: ``<data_dir>/mail/<user>/``."""
+        return self.data_dir / "mail"
+
+    @property
+    def spool_dir(self) -> Path:
+        """The outbound queue."""
+        return self.data_dir / "spool"
+
+    @property
+    def tls_dir(self) -> Path:
+        """Where generated development certificates go."""
+        return self.data_dir / "tls"
+
+    @property
+    def needs_tls(self) -> bool:
+        """Whether any listener offers TLS."""
+        return any(lst.tls is not TlsMode.NONE for lst in self.listeners.values())
+
+    def is_local(self, domain: str) -> bool:
+        """Whether mail for ``domain`` is delivered here (case-insensitive)."""
+        return domain.lower().rstrip(".") in self.domains
+
+
+# --- YAML loading ---------------------------------------------------------------------------
+
+_BOOL_TAG = "tag:yaml.org,2002:bool"
+_MERGE_TAG = "tag:yaml.org,2002:merge"
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader with YAML 1.2 booleans and duplicate keys rejected."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Hashable, Any]:
+        seen: set[object] = set()
+        for key_node, _ in node.value:
+            if key_node.tag == _MERGE_TAG:
+                continue
+            key = self.construct_object(key_node, deep=True)
+            try:
+                duplicate = key in seen
+            except TypeError:  # unhashable; the base class reports it
+                continue
+            if duplicate:
+                raise ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def _yaml12_resolvers() -> dict[str, list[tuple[str, re.Pattern[str]]]]:
+    table: dict[str, list[tuple[str, re.Pattern[str]]]] = {
+        first: [(tag, rx) for tag, rx in resolvers if tag != _BOOL_TAG]
+        for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+    }
+    boolean = re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$")
+    for first in "tTfF":
+        table.setdefault(first, []).append((_BOOL_TAG, boolean))
+    return table
+
+
+_Loader.yaml_implicit_resolvers = _yaml12_resolvers()
+
+
+def _parse(path: Path, shown: str) -> object:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(shown, "", "no such file; give the path of a server config") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(shown, "", f"cannot read: {exc}") from None
+    try:
+        docs = list(yaml.load_all(text, Loader=_Loader))  # a SafeLoader subclass
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark
+        problem = " ".join(str(exc.problem or exc).split())
+        at = f"{shown}:{mark.line + 1}:{mark.column + 1}" if mark is not None else shown
+        raise ConfigError(at, "", f"invalid YAML: {problem}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(shown, "", f"invalid YAML: {' '.join(str(exc).split())}") from None
+    if len(docs) > 1:
+        raise ConfigError(shown, "", "a config file holds one YAML document, found several")
+    return docs[0] if docs else None
+
+
+# --- checking values -----------------------------------------------------------------------
+
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_DOMAIN = re.compile(rf"^{_LABEL}(?:\.{_LABEL})*\.?$")  # RFC 5321 §4.1.2 Domain, plus a root dot
+_REPLY = re.compile(r"^[45][0-9][0-9](?: [^\r\n]*)?$")  # RFC 5321 §4.2 Reply-line, one line
+_VERB = re.compile(r"^[A-Z]{1,20}$")
+_SPECIAL_COMMANDS: Final = ("CONNECT", "DATA_END", "*")
+
+
+def _show(value: object) -> str:
+    if value is None:
+        return "nothing"
+    if isinstance(value, Mapping):
+        return "a mapping"
+    if isinstance(value, list):
+        return "a list"
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+class _Reader:
+    """Checks values and raises :class:`ConfigError` for the first problem."""
+
+    def __init__(self, shown: str, base: Path) -> None:
+        self.shown = shown
+        self.base = base
+
+    def fail(self, key: str, message: str) -> NoReturn:
+        raise ConfigError(self.shown, key, message)
+
+    def section(
+        self, value: object, key: str, known: Sequence[str] | None, what: str = "a mapping"
+    ) -> dict[str, object]:
+        """A mapping with string keys, all in ``known`` unless that is None; null is empty."""
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            self.fail(key, f"expected {what}, got {_show(value)}")
+        for name in value:
+            if not isinstance(name, str):
+                self.fail(key, f"keys must be strings, got {_show(name)}")
+            if known is not None and name not in known:
+                close = difflib.get_close_matches(name, known, n=1)
+                hint = f"did you mean {close[0]!r}?" if close else "known keys: " + ", ".join(known)
+                self.fail(_join(key, name), f"unknown key; {hint}")
+        return value
+
+    def integer(self, value: object, key: str, low: int, high: int | None = None) -> int:
+        if _is_int(value) and value >= low and (high is None or value <= high):
+            return value
+        bounds = f"{low}-{high}" if high is not None else f"of at least {low}"
+        self.fail(key, f"expected an integer {bounds}, got {_show(value)}")
+
+    def number(self, value: object, key: str, what: str, low: float, high: float | None) -> float:
+        if _is_number(value):
+            number = float(value)
+            if math.isfinite(number) and number >= low and (high is None or number <= high):
+                return number
+        self.fail(key, f"expected {what}, got {_show(value)}")
+
+    def positive(self, value: object, key: str) -> float:
+        if _is_number(value) and math.isfinite(value) and value > 0:
+            return float(value)
+        self.fail(key, f"expected a positive number of seconds, got {_show(value)}")
+
+    def string(self, value: object, key: str, what: str = "a string") -> str:
+        if isinstance(value, str) and value.strip():
+            return value
+        self.fail(key, f"expected {what}, got {_show(value)}")
+
+    def boolean(self, value: object, key: str) -> bool:
+        if isinstance(value, bool):
+            return value
+        self.fail(key, f"expected true or false, got {_show(value)}")
+
+    def path(self, value: object, key: str) -> Path:
+        text = self.string(value, key, "a file path")
+        return self.base / text
+
+    def domain(self, value: object, key: str, example: str) -> str:
+        if isinstance(value, str) and _DOMAIN.match(value) and not _is_ip(value):
+            return value.rstrip(".")
+        self.fail(key, f"expected a domain name like {example}, got {_show(value)}")
+
+    def choice(self, value: object, key: str, what: str, options: Sequence[str]) -> str:
+        if isinstance(value, str) and value in options:
+            return value
+        self.fail(key, f"unknown {what} {_show(value)}; expected one of {', '.join(options)}")
+
+
+def _is_int(value: object) -> TypeGuard[int]:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: object) -> TypeGuard[int | float]:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _join(key: str, name: str) -> str:
+    return f"{key}.{name}" if key else name
+
+
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
+
+
+# --- the sections ---------------------------------------------------------------------------
+
+_TOP_KEYS: Final = (
+    "hostname",
+    "domains",
+    "data_dir",
+    "accounts_file",
+    "postmaster",
+    "tls",
+    "listeners",
+    "limits",
+    "faults",
+)
+_DEFAULT_LISTENERS: Final[Mapping[str, Mapping[str, object]]] = {
+    "mx": {"kind": "mx"},
+    "submission": {"kind": "submission"},
+    "submissions": {"kind": "submissions"},
+}
+
+
+def load_config(path: str | Path) -> ServerConfig:
+    """Read and check a server configuration file.
+
+    Args:
+        path: the YAML file; relative paths inside it are relative to its directory.
+
+    Returns:
+        The configuration, with absolute paths.
+
+    Raises:
+        ConfigError: the first problem, as one line naming the file and the key path.
+    """
+    shown = str(path)
+    path = Path(path)
+    raw = _parse(path, shown)
+    r = _Reader(shown, path.absolute().parent)
+    if raw is None:
+        r.fail("", "the file is empty; give at least hostname (e.g. hostname: mail.example.test)")
+    top = r.section(raw, "", _TOP_KEYS, "a mapping of settings at the top level")
+
+    if "hostname" not in top:
+        r.fail(
+            "hostname",
+            "missing; give the name used in the greeting and Received headers, "
+            "e.g. hostname: mail.example.test",
+        )
+    hostname = r.domain(top["hostname"], "hostname", "mail.example.test")
+
+    domains_raw = top.get("domains", ["example.test"])
+    if not isinstance(domains_raw, list) or not domains_raw:
+        r.fail(
+            "domains",
+            f"expected a list of domain names like [example.test], got {_show(domains_raw)}",
+        )
+    domains: list[str] = []
+    for i, item in enumerate(domains_raw):
+        name = r.domain(item, f"domains[{i}]", "example.test").lower()
+        if name not in domains:
+            domains.append(name)
+
+    data_dir = r.path(top.get("data_dir", "./data"), "data_dir")
+    accounts_file = r.path(top.get("accounts_file", "./accounts.yaml"), "accounts_file")
+    postmaster = r.string(top.get("postmaster", "alice"), "postmaster", "an account name")
+    if "@" in postmaster:
+        r.fail("postmaster", f"expected an account name (like alice), got {postmaster!r}")
+
+    listeners = _listeners(r, top.get("listeners", _DEFAULT_LISTENERS))
+    tls = _tls(r, top.get("tls"), listeners)
+    limits = _limits(r, top.get("limits"))
+    faults = _faults(r, top.get("faults"), listeners)
+    return ServerConfig(
+        hostname=hostname,
+        domains=tuple(domains),
+        data_dir=data_dir,
+        accounts_file=accounts_file,
+        postmaster=postmaster,
+        tls=tls,
+        listeners=listeners,
+        limits=limits,
+        faults=faults,
+        source=path.absolute(),
+    )
+
+
+def _listeners(r: _Reader, value: object) -> dict[str, ListenerConfig]:
+    if value is None or value == {}:
+        r.fail("listeners", "no listeners; give at least one, e.g. mx: {kind: mx, port: 25}")
+    specs = r.section(value, "listeners", None, "a mapping of listener name to listener")
+    kinds = [k.value for k in ListenerKind]
+    tls_modes = [m.value for m in TlsMode]
+    result: dict[str, ListenerConfig] = {}
+    taken: dict[tuple[str, int], str] = {}
+    for name, spec_raw in specs.items():
+        key = f"listeners.{name}"
+        spec = r.section(spec_raw, key, ("kind", "host", "port", "tls"))
+        if "kind" in spec:
+            kind = ListenerKind(r.choice(spec["kind"], f"{key}.kind", "kind", kinds))
+        elif name in kinds:
+            kind = ListenerKind(name)
+        else:
+            r.fail(f"{key}.kind", f"missing; give one of {', '.join(kinds)}")
+        host = spec.get("host", "127.0.0.1")
+        if not isinstance(host, str) or not _is_ip(host):
+            r.fail(
+                f"{key}.host",
+                f"expected an IP address like 127.0.0.1 or ::1 (the server does no DNS lookups), "
+                f"got {_show(host)}",
+            )
+        host = str(ipaddress.ip_address(host))
+        port = r.integer(spec.get("port", _DEFAULT_PORT[kind]), f"{key}.port", 0, 65535)
+        tls = TlsMode(
+            r.choice(spec.get("tls", _DEFAULT_TLS[kind].value), f"{key}.tls", "TLS mode", tls_modes)
+        )
+        if kind is ListenerKind.SUBMISSIONS and tls is not TlsMode.IMPLICIT:
+            r.fail(f"{key}.tls", f"a submissions listener uses implicit TLS (RFC 8314), got {tls}")
+        if kind is ListenerKind.SUBMISSION and tls is TlsMode.NONE:
+            r.fail(
+                f"{key}.tls",
+                "a submission listener needs starttls or implicit (AUTH is offered only over TLS)",
+            )
+        if port != 0:
+            other = taken.get((host, port))
+            if other is not None:
+                r.fail(f"{key}.port", f"port {port} on {host} is also used by listener {other!r}")
+            taken[(host, port)] = name
+        result[name] = ListenerConfig(name=name, kind=kind, host=host, port=port, tls=tls)
+    return result
+
+
+def _tls(r: _Reader, value: object, listeners: Mapping[str, ListenerConfig]) -> TlsConfig:
+    spec = r.section(value, "tls", ("cert_file", "key_file", "generate"))
+    tls = TlsConfig(
+        cert_file=r.path(spec.get("cert_file", "./cert.pem"), "tls.cert_file"),
+        key_file=r.path(spec.get("key_file", "./key.pem"), "tls.key_file"),
+        generate=r.boolean(spec.get("generate", False), "tls.generate"),
+    )
+    user = next((lst for lst in listeners.values() if lst.tls is not TlsMode.NONE), None)
+    if user is None:
+        return tls
+    have_cert, have_key = tls.cert_file.is_file(), tls.key_file.is_file()
+    if have_cert and not have_key:
+        r.fail("tls.key_file", f"no such file '{tls.key_file}'; cert_file and key_file go together")
+    if have_key and not have_cert:
+        r.fail(
+            "tls.cert_file", f"no such file '{tls.cert_file}'; cert_file and key_file go together"
+        )
+    if not have_cert and not tls.generate:
+        r.fail(
+            "tls.cert_file",
+            f"no such file '{tls.cert_file}', and listener {user.name!r} uses tls: {user.tls}; "
+            "give cert_file and key_file, or set generate: true for a development certificate",
+        )
+    return tls
+
+
+def _limits(r: _Reader, value: object) -> Limits:
+    known = (
+        "max_message_size",
+        "max_recipients",
+        "max_connections",
+        "max_line_length",
+        "auth_failure_delay",
+        "timeouts",
+    )
+    spec = r.section(value, "limits", known)
+    d = Limits()
+    recipients = spec.get("max_recipients", d.max_recipients)
+    if _is_int(recipients) and recipients < 100:
+        r.fail(
+            "limits.max_recipients",
+            f"expected an integer of at least 100 (RFC 5321 §4.5.3.1.8), got {recipients}",
+        )
+    lines = r.section(
+        spec.get("max_line_length"),
+        "limits.max_line_length",
+        ("command_line", "text_line"),
+        "a mapping like {command_line: 512, text_line: 1000}",
+    )
+    dl, dt = LineLimits(), Timeouts()
+    line_limits = LineLimits(
+        # RFC 5321 §4.5.3.1.4: a server must accept command lines of 512 octets
+        command_line=r.integer(
+            lines.get("command_line", dl.command_line), "limits.max_line_length.command_line", 512
+        ),
+        # RFC 5321 §4.5.3.1.6: and text lines of 1000 octets
+        text_line=r.integer(
+            lines.get("text_line", dl.text_line), "limits.max_line_length.text_line", 1000
+        ),
+    )
+    times = r.section(
+        spec.get("timeouts"), "limits.timeouts", ("command", "data_block", "data_end", "initial")
+    )
+    timeouts = Timeouts(
+        command=r.positive(times.get("command", dt.command), "limits.timeouts.command"),
+        data_block=r.positive(times.get("data_block", dt.data_block), "limits.timeouts.data_block"),
+        data_end=r.positive(times.get("data_end", dt.data_end), "limits.timeouts.data_end"),
+        initial=r.positive(times.get("initial", dt.initial), "limits.timeouts.initial"),
+    )
+    return Limits(
+        max_message_size=r.integer(
+            spec.get("max_message_size", d.max_message_size), "limits.max_message_size", 1
+        ),
+        max_recipients=r.integer(recipients, "limits.max_recipients", 100),
+        max_connections=r.integer(
+            spec.get("max_connections", d.max_connections), "limits.max_connections", 1
+        ),
+        max_line_length=line_limits,
+        auth_failure_delay=r.number(
+            spec.get("auth_failure_delay", d.auth_failure_delay),
+            "limits.auth_failure_delay",
+            "a number of seconds, 0 or more",
+            0.0,
+            None,
+        ),
+        timeouts=timeouts,
+    )
+
+
+def _faults(
+    r: _Reader, value: object, listeners: Mapping[str, ListenerConfig]
+) -> tuple[FaultRule, ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, list):
+        r.fail("faults", f"expected a list of fault rules, got {_show(value)}")
+    known = ("listener", "command", "delay", "reply_rate", "reply", "drop_rate", "seed")
+    d = FaultRule()
+    rules: list[FaultRule] = []
+    for i, item in enumerate(value):
+        key = f"faults[{i}]"
+        spec = r.section(item, key, known)
+        listener = r.string(spec.get("listener", "*"), f"{key}.listener", "a listener name or '*'")
+        if listener != "*" and listener not in listeners:
+            names = ", ".join(listeners)
+            r.fail(
+                f"{key}.listener",
+                f"no listener named {listener!r}; expected one of {names} or '*'",
+            )
+        command_raw = spec.get("command", "*")
+        command = command_raw.upper() if isinstance(command_raw, str) else ""
+        if not (_VERB.match(command) or command in _SPECIAL_COMMANDS):
+            r.fail(
+                f"{key}.command",
+                f"expected a command verb (like RCPT), CONNECT, DATA_END or '*', "
+                f"got {_show(command_raw)}",
+            )
+        reply = spec.get("reply", d.reply)
+        if not isinstance(reply, str) or not _REPLY.match(reply):
+            r.fail(
+                f"{key}.reply",
+                f'expected a reply with a 4xx or 5xx code, like "{d.reply}", got {_show(reply)}',
+            )
+        rate = "a number from 0 to 1"
+        rule = FaultRule(
+            listener=listener,
+            command=command,
+            delay=r.number(
+                spec.get("delay", d.delay),
+                f"{key}.delay",
+                "a number of seconds, 0 or more",
+                0,
+                None,
+            ),
+            reply_rate=r.number(spec.get("reply_rate", 0), f"{key}.reply_rate", rate, 0, 1),
+            reply=reply,
+            drop_rate=r.number(spec.get("drop_rate", 0), f"{key}.drop_rate", rate, 0, 1),
+            seed=r.integer(spec.get("seed", d.seed), f"{key}.seed", 0),
+        )
+        if rule.delay == 0 and rule.reply_rate == 0 and rule.drop_rate == 0:
+            r.fail(key, "this rule does nothing; give delay, reply_rate or drop_rate")
+        rules.append(rule)
+    return tuple(rules)

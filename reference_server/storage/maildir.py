@@ -1,0 +1,423 @@
+"""Durable delivery into Maildirs (maildir(5)), with group commit of directory fsyncs.
+
+Theory of operation
+-------------------
+The SMTP server answers 250 only once the message is on stable storage in every
+recipient's Maildir, so a crash (power loss, SIGKILL) after the 250 can never
+lose it, and no reader ever sees half a message. One delivery into one mailbox is:
+
+1. create ``tmp/<name>`` (``O_EXCL``) and write the whole message;
+2. ``fsync`` the file: its data and inode are durable, but not yet reachable;
+3. ``rename`` it to ``new/<name>``: readers see it complete or not at all
+   (rename is atomic), never a partial file;
+4. ``fsync`` the ``new/`` directory: the directory entry, and so the message, is
+   durable. Only now may the caller acknowledge.
+
+Step 4 is the expensive, serialising one: every delivery into the same directory
+needs a directory fsync that *started after its rename*. :class:`DirectorySync`
+shares one fsync among all callers whose renames completed before it began
+(group commit, as databases do for their log): while one fsync runs, the
+callers that rename meanwhile gather in the next batch, and one of them runs
+the fsync for the whole batch when the current one ends. Under load the number
+of directory fsyncs per second stays near ``1 / fsync latency`` while deliveries
+per second grow with concurrency. File fsyncs (step 2) run in parallel in a
+thread pool, so the event loop never blocks on the disk.
+
+A message for several users is written once per mailbox (copies, not hard
+links), renamed into every ``new/``, and each distinct ``new/`` directory is
+committed. If anything fails, what was written is removed (``tmp/`` files, and,
+best effort, files already renamed into ``new/``) and the ``OSError`` propagates:
+the caller answers 451 and the client retries.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+__all__ = [
+    "DirectorySync",
+    "FsyncFn",
+    "MaildirStore",
+    "fsync_directory",
+    "sanitize_hostname",
+    "write_new_file",
+]
+
+FsyncFn = Callable[[int], None]
+
+# maildir(5): "tmp", "new" and "cur" are the three subdirectories of a Maildir.
+SUBDIRS = ("tmp", "new", "cur")
+# NAME_MAX on Linux and the BSDs; longer user names could never be directories.
+_NAME_MAX = 255
+
+
+def sanitize_hostname(hostname: str) -> str:
+    """Make a host name safe inside a Maildir file name.
+
+    maildir(5): "/" is replaced with "\\057" and ":" with "\\072" (":" separates
+    the info part, "/" the path). "," is replaced with "\\054" too, because this
+    store appends ``,S=<size>`` after the host name and readers split on ",".
+
+    Args:
+        hostname: the raw host name.
+
+    Returns:
+        The host name with those characters replaced by octal escapes.
+    """
+    return hostname.replace("/", "\\057").replace(":", "\\072").replace(",", "\\054")
+
+
+def fsync_directory(directory: Path, fsync_fn: FsyncFn = os.fsync) -> None:
+    """Make the entries of ``directory`` (creations, renames, unlinks) durable.
+
+    Args:
+        directory: the directory to fsync.
+        fsync_fn: the fsync to call with the open descriptor.
+
+    Raises:
+        OSError: opening or syncing failed.
+    """
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        fsync_fn(fd)
+    finally:
+        os.close(fd)
+
+
+def write_new_file(path: Path, data: bytes, fsync_fn: FsyncFn | None = os.fsync) -> None:
+    """Create ``path`` (it must not exist), write ``data`` and fsync it.
+
+    The file is durable but its directory entry is not: the caller renames it
+    into place and fsyncs the directory.
+
+    Args:
+        path: the new file; created with mode 0o600 and ``O_EXCL``.
+        data: the whole content.
+        fsync_fn: the fsync to call, or ``None`` not to sync.
+
+    Raises:
+        OSError: creating, writing or syncing failed (a partial file may remain).
+    """
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        if fsync_fn is not None:
+            fsync_fn(fd)
+    finally:
+        os.close(fd)
+
+
+class _Batch:
+    """Callers waiting for the same directory fsync."""
+
+    __slots__ = ("done", "error", "members")
+
+    def __init__(self) -> None:
+        self.members = 0
+        self.done = False
+        self.error: BaseException | None = None
+
+
+class DirectorySync:
+    """Group commit of ``fsync`` on one directory, shared by threads.
+
+    :meth:`commit` returns only after an fsync of the directory that *began after
+    commit was called* has completed, so a caller that renamed a file into the
+    directory and then calls ``commit()`` knows the rename is durable.
+
+    Callers join the open batch. If no fsync is running, the caller becomes the
+    leader: it closes the batch (later callers join a fresh one) and runs one
+    fsync for every member. If an fsync is running, the caller waits; when that
+    fsync ends, one waiter of the next batch leads it. A caller whose rename
+    happened after an fsync started never rides on that fsync.
+
+    Args:
+        path: the directory.
+        fsync_fn: the fsync to call with an open directory descriptor
+            (injectable so tests can count and fail fsyncs).
+    """
+
+    def __init__(self, path: Path, fsync_fn: FsyncFn = os.fsync) -> None:
+        self.path = path
+        self._fsync = fsync_fn
+        self._cond = threading.Condition()
+        self._open = _Batch()
+        self._syncing = False
+        self._syncs = 0
+
+    @property
+    def pending(self) -> int:
+        """Callers in the open batch (waiting for an fsync that has not begun yet)."""
+        with self._cond:
+            return self._open.members
+
+    @property
+    def syncs(self) -> int:
+        """Directory fsyncs run so far (successful or not)."""
+        with self._cond:
+            return self._syncs
+
+    def commit(self) -> None:
+        """Wait until a directory fsync that began after this call has completed.
+
+        Raises:
+            OSError: the fsync covering this caller failed. The leader re-raises
+                the original error; the other members of the batch get an
+                ``OSError`` with the same errno (the rename is not known durable).
+        """
+        with self._cond:
+            batch = self._open
+            batch.members += 1
+            while not batch.done:
+                if self._syncing:
+                    self._cond.wait()
+                    continue
+                # Not syncing, so every older batch is done: ``batch`` is the open
+                # one, and this caller leads it. Close it to newcomers first.
+                self._syncing = True
+                self._open = _Batch()
+                self._syncs += 1
+                error: BaseException | None = None
+                self._cond.release()
+                try:
+                    self._sync_once()
+                except BaseException as exc:
+                    error = exc
+                finally:
+                    self._cond.acquire()
+                batch.done = True
+                batch.error = error
+                self._syncing = False
+                self._cond.notify_all()
+                if error is not None:
+                    raise error
+        if batch.error is not None:
+            code = getattr(batch.error, "errno", None) or errno.EIO
+            raise OSError(
+                code, f"fsync of directory {self.path} failed: {batch.error}"
+            ) from batch.error
+
+    def _sync_once(self) -> None:
+        fsync_directory(self.path, self._fsync)
+
+
+class MaildirStore:
+    """Durable delivery into per-user Maildirs under one root: ``root/<user>/{tmp,new,cur}``.
+
+    Args:
+        root: the directory holding one Maildir per user (created on demand).
+        fsync: whether to fsync at all. ``False`` is for throwaway test servers
+            only: nothing survives a crash then.
+        hostname: the host part of file names; defaults to ``socket.gethostname()``.
+            Sanitised per maildir(5) (see :func:`sanitize_hostname`).
+        workers: threads of the pool :meth:`deliver` runs in; it bounds the
+            deliveries (and so the file fsyncs) in flight at once.
+        fsync_fn: the fsync used for files and directories (tests inject one that
+            records or fails).
+        clock: seconds since the epoch, for file names (tests inject a fixed one).
+    """
+
+    def __init__(
+        self,
+        root: Path,
+        *,
+        fsync: bool = True,
+        hostname: str | None = None,
+        workers: int = 8,
+        fsync_fn: FsyncFn = os.fsync,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        if workers < 1:
+            raise ValueError(f"workers must be at least 1, not {workers}")
+        self.root = Path(root)
+        self.fsync = fsync
+        if hostname is None:
+            hostname = socket.gethostname()
+        self.hostname = sanitize_hostname(hostname)
+        self._fsync_fn = fsync_fn
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._counter = 0
+        self._ready: set[str] = set()
+        self._dirsyncs: dict[Path, DirectorySync] = {}
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="maildir")
+
+    # -- names and paths ---------------------------------------------------------------
+
+    def mailbox_path(self, user: str) -> Path:
+        """The Maildir of ``user`` (which need not exist yet).
+
+        Args:
+            user: the mailbox owner; it becomes a directory name.
+
+        Returns:
+            ``root/<user>``.
+
+        Raises:
+            ValueError: the name is empty, contains "/", NUL or "..", starts with
+                "." (hidden, and reserved for the store's own use), or is longer
+                than 255 bytes.
+        """
+        if not user:
+            raise ValueError("mailbox user name is empty")
+        if "/" in user or "\x00" in user or ".." in user or user.startswith("."):
+            raise ValueError(
+                f"mailbox user name {user!r} is not a safe directory name "
+                "(no '/', NUL or '..', and no leading '.')"
+            )
+        if len(os.fsencode(user)) > _NAME_MAX:
+            raise ValueError(f"mailbox user name is longer than {_NAME_MAX} bytes")
+        return self.root / user
+
+    def _unique_name(self, size: int) -> str:
+        # maildir(5) / Dovecot: <seconds>.M<usec>P<pid>Q<deliveries>.<host>,S=<size>
+        now = self._clock()
+        seconds = int(now)
+        micros = int((now - seconds) * 1_000_000)
+        with self._lock:
+            self._counter += 1
+            count = self._counter
+        return f"{seconds}.M{micros}P{os.getpid()}Q{count}.{self.hostname},S={size}"
+
+    # -- delivery ----------------------------------------------------------------------
+
+    def deliver_sync(self, users: Sequence[str], message: bytes) -> list[str]:
+        """Store ``message`` durably in the ``new/`` directory of every user's Maildir.
+
+        Blocks on disk I/O: call it from a thread (see :meth:`deliver`).
+
+        Args:
+            users: the recipients' mailbox names; a name listed twice gets one copy.
+            message: the message exactly as it is to be stored.
+
+        Returns:
+            The file name in ``new/`` for each entry of ``users``, in order (the
+            same name for a repeated user).
+
+        Raises:
+            ValueError: ``users`` is empty or holds an unsafe name (nothing written).
+            OSError: storing failed; whatever this call wrote has been removed
+                (from ``new/`` best effort) and the message must not be acknowledged.
+        """
+        if not users:
+            raise ValueError("deliver needs at least one user")
+        distinct = list(dict.fromkeys(users))
+        boxes = [self.mailbox_path(user) for user in distinct]
+        for user, box in zip(distinct, boxes, strict=True):
+            self._ensure_mailbox(user, box)
+
+        written: list[tuple[Path, Path]] = []  # (tmp path, new path)
+        renamed: list[Path] = []
+        names: dict[str, str] = {}
+        try:
+            for user, box in zip(distinct, boxes, strict=True):
+                name = self._unique_name(len(message))
+                tmp, new = box / "tmp" / name, box / "new" / name
+                written.append((tmp, new))
+                self._write_durably(tmp, message)
+                names[user] = name
+            for tmp, new in written:
+                os.rename(tmp, new)
+                renamed.append(new)
+            if self.fsync:
+                for box in boxes:
+                    self._dirsync(box / "new").commit()
+        except BaseException:
+            for tmp, new in written:
+                with contextlib.suppress(OSError):
+                    if new in renamed:
+                        new.unlink()
+                    else:
+                        tmp.unlink()
+            raise
+        return [names[user] for user in users]
+
+    async def deliver(self, users: Sequence[str], message: bytes) -> list[str]:
+        """:meth:`deliver_sync` in the store's thread pool; the event loop keeps serving.
+
+        If the awaiting task is cancelled, the delivery still completes in its
+        thread (a possible duplicate, never a loss or a partial file).
+
+        Args:
+            users: the recipients' mailbox names.
+            message: the message bytes.
+
+        Returns:
+            The file names, as :meth:`deliver_sync`.
+
+        Raises:
+            ValueError: as :meth:`deliver_sync`.
+            OSError: as :meth:`deliver_sync`.
+        """
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._pool, self.deliver_sync, list(users), message)
+
+    def list_new(self, user: str) -> list[Path]:
+        """The messages in ``new/`` of ``user``'s Maildir, sorted by file name.
+
+        Args:
+            user: the mailbox name.
+
+        Returns:
+            Paths of the files (empty if the Maildir does not exist yet).
+        """
+        new = self.mailbox_path(user) / "new"
+        try:
+            with os.scandir(new) as entries:
+                return sorted(
+                    Path(entry.path) for entry in entries if not entry.name.startswith(".")
+                )
+        except FileNotFoundError:
+            return []
+
+    async def close(self) -> None:
+        """Wait for deliveries in flight and stop the thread pool."""
+        await asyncio.to_thread(self._pool.shutdown, wait=True)
+
+    # -- internals ---------------------------------------------------------------------
+
+    def _dirsync(self, directory: Path) -> DirectorySync:
+        with self._lock:
+            sync = self._dirsyncs.get(directory)
+            if sync is None:
+                sync = self._dirsyncs[directory] = DirectorySync(directory, self._fsync_fn)
+            return sync
+
+    def _ensure_mailbox(self, user: str, box: Path) -> None:
+        """Create ``box/{tmp,new,cur}`` once, durably (the new entries are fsynced too)."""
+        with self._lock:
+            if user in self._ready:
+                return
+        created_root = not self.root.is_dir()
+        os.makedirs(self.root, mode=0o700, exist_ok=True)
+        created_box = not box.is_dir()
+        os.makedirs(box, mode=0o700, exist_ok=True)
+        for sub in SUBDIRS:
+            os.makedirs(box / sub, mode=0o700, exist_ok=True)
+        if self.fsync:
+            # A directory fsync of new/ is worthless if new/ itself can vanish in a
+            # crash: make the entries of the chain durable, parents last.
+            self._fsync_dir(box)
+            if created_box:
+                self._fsync_dir(self.root)
+            if created_root:
+                self._fsync_dir(self.root.parent)
+        with self._lock:
+            self._ready.add(user)
+
+    def _fsync_dir(self, directory: Path) -> None:
+        fsync_directory(directory, self._fsync_fn)
+
+    def _write_durably(self, path: Path, data: bytes) -> None:
+        write_new_file(path, data, self._fsync_fn if self.fsync else None)

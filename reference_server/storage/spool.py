@@ -1,0 +1,282 @@
+"""The outbound spool: durable, one directory per queued message, for mail to other domains.
+
+Theory of operation
+-------------------
+Each queued message is a directory ``root/<id>/`` holding ``message.eml`` (the
+bytes as received) and ``envelope.json`` (sender, recipients, times). It is built
+as ``root/.tmp-<id>/``: both files written and fsynced, the directory fsynced,
+then renamed to ``root/<id>`` and ``root`` fsynced (group commit, shared with
+concurrent enqueues, see :class:`~reference_server.storage.maildir.DirectorySync`).
+A directory appears under its id complete or not at all, and :meth:`enqueue`
+returns only once it is durable, so the server acknowledges nothing it could
+lose. Names starting with "." are never queue entries; ``.tmp-*`` leftovers of a
+crash are ignored by :meth:`OutboundSpool.list`.
+
+The queue runner (sending, retries, bounces) is not here; it reads the spool
+through :meth:`OutboundSpool.list` and :meth:`OutboundSpool.remove`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+import json
+import logging
+import os
+import shutil
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from reference_server.storage.maildir import (
+    DirectorySync,
+    FsyncFn,
+    fsync_directory,
+    write_new_file,
+)
+
+__all__ = ["ENVELOPE_VERSION", "OutboundSpool", "SpoolEntry"]
+
+log = logging.getLogger(__name__)
+
+ENVELOPE_VERSION = 1
+MESSAGE_FILE = "message.eml"
+ENVELOPE_FILE = "envelope.json"
+
+
+@dataclass(frozen=True, kw_only=True)
+class SpoolEntry:
+    """One queued message.
+
+    Attributes:
+        id: the queue id (the directory name under the spool root).
+        sender: the reverse-path, without angle brackets; ``""`` for the null
+            reverse-path of a bounce (RFC 5321 §4.5.5).
+        recipients: the forward-paths still to deliver.
+        message_path: ``root/<id>/message.eml``.
+        created: when it was queued, seconds since the epoch.
+        received_from: the client it came from (free text, for the Received
+            trace and bounces), if known.
+    """
+
+    id: str
+    sender: str
+    recipients: tuple[str, ...]
+    message_path: Path
+    created: float
+    received_from: str | None = None
+
+
+class OutboundSpool:
+    """Durable on-disk queue of outbound messages under ``root``.
+
+    Args:
+        root: the spool directory (created on the first enqueue).
+        fsync: whether to fsync at all (``False`` only for throwaway test servers).
+        fsync_fn: the fsync used for files and directories (injectable for tests).
+        clock: seconds since the epoch (injectable for tests).
+    """
+
+    def __init__(
+        self,
+        root: Path,
+        *,
+        fsync: bool = True,
+        fsync_fn: FsyncFn = os.fsync,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.root = Path(root)
+        self.fsync = fsync
+        self._fsync_fn = fsync_fn
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._counter = 0
+        self._root_ready = False
+        self._root_sync = DirectorySync(self.root, fsync_fn)
+
+    def _new_id(self, now: float) -> str:
+        with self._lock:
+            self._counter += 1
+            count = self._counter
+        # hex microseconds first, so ids sort by time; pid and counter make it unique
+        return f"{int(now * 1_000_000):014x}-{os.getpid():x}-{count:x}"
+
+    def enqueue_sync(
+        self,
+        sender: str,
+        recipients: Sequence[str],
+        message: bytes,
+        *,
+        received_from: str | None = None,
+    ) -> str:
+        """Queue ``message`` durably; blocks on disk I/O (see :meth:`enqueue`).
+
+        Args:
+            sender: the reverse-path without angle brackets (``""`` for a bounce).
+            recipients: the forward-paths, at least one.
+            message: the message bytes.
+            received_from: where it came from, kept for the queue runner.
+
+        Returns:
+            The queue id.
+
+        Raises:
+            ValueError: no recipients.
+            OSError: the message could not be stored; nothing stays in the spool.
+        """
+        if isinstance(recipients, str) or not recipients:
+            raise ValueError("enqueue needs a non-empty sequence of recipients")
+        self._ensure_root()
+        now = self._clock()
+        queue_id = self._new_id(now)
+        envelope: dict[str, Any] = {
+            "version": ENVELOPE_VERSION,
+            "id": queue_id,
+            "sender": sender,
+            "recipients": list(recipients),
+            "created": now,
+            "received_from": received_from,
+        }
+        staging = self.root / f".tmp-{queue_id}"
+        final = self.root / queue_id
+        os.mkdir(staging, 0o700)
+        placed = False
+        try:
+            self._write_durably(staging / MESSAGE_FILE, message)
+            self._write_durably(
+                staging / ENVELOPE_FILE,
+                json.dumps(envelope, ensure_ascii=False, indent=1).encode("utf-8") + b"\n",
+            )
+            if self.fsync:
+                self._fsync_dir(staging)
+            os.rename(staging, final)
+            placed = True
+            if self.fsync:
+                self._root_sync.commit()
+        except BaseException:
+            shutil.rmtree(final if placed else staging, ignore_errors=True)
+            raise
+        return queue_id
+
+    async def enqueue(
+        self,
+        sender: str,
+        recipients: Sequence[str],
+        message: bytes,
+        *,
+        received_from: str | None = None,
+    ) -> str:
+        """:meth:`enqueue_sync` in a worker thread, so the event loop keeps serving.
+
+        Args:
+            sender: the reverse-path without angle brackets (``""`` for a bounce).
+            recipients: the forward-paths, at least one.
+            message: the message bytes.
+            received_from: where it came from.
+
+        Returns:
+            The queue id.
+
+        Raises:
+            ValueError: no recipients.
+            OSError: the message could not be stored.
+        """
+        return await asyncio.to_thread(
+            self.enqueue_sync,
+            sender,
+            list(recipients),
+            message,
+            received_from=received_from,
+        )
+
+    def list(self) -> builtins.list[SpoolEntry]:
+        """The queued messages, oldest first.
+
+        Entries whose envelope cannot be read are skipped with a warning in the
+        log (they are left on disk for a human to look at).
+
+        Returns:
+            One :class:`SpoolEntry` per queued message.
+        """
+        try:
+            with os.scandir(self.root) as it:
+                names = [e.name for e in it if not e.name.startswith(".") and e.is_dir()]
+        except FileNotFoundError:
+            return []
+        entries = []
+        for name in names:
+            try:
+                entries.append(self._read_entry(name))
+            except (OSError, ValueError) as exc:
+                log.warning("spool entry %s skipped: %s", self.root / name, exc)
+        entries.sort(key=lambda e: (e.created, e.id))
+        return entries
+
+    def remove(self, queue_id: str) -> None:
+        """Delete a queue entry (delivered, or bounced for good).
+
+        The entry is first renamed to a hidden name, so it leaves :meth:`list`
+        atomically even if deleting its files is interrupted.
+
+        Args:
+            queue_id: the id from :meth:`enqueue` or :meth:`list`.
+
+        Raises:
+            ValueError: the id is not a queue id.
+            FileNotFoundError: no such entry.
+        """
+        if not queue_id or "/" in queue_id or queue_id.startswith(".") or "\x00" in queue_id:
+            raise ValueError(f"not a queue id: {queue_id!r}")
+        doomed = self.root / f".del-{queue_id}"
+        os.rename(self.root / queue_id, doomed)
+        if self.fsync:
+            self._root_sync.commit()
+        shutil.rmtree(doomed, ignore_errors=True)
+
+    # -- internals ---------------------------------------------------------------------
+
+    def _read_entry(self, name: str) -> SpoolEntry:
+        directory = self.root / name
+        data = json.loads((directory / ENVELOPE_FILE).read_bytes())
+        if not isinstance(data, dict) or data.get("version") != ENVELOPE_VERSION:
+            raise ValueError(f"{ENVELOPE_FILE} is not a version {ENVELOPE_VERSION} envelope")
+        sender, recipients = data.get("sender"), data.get("recipients")
+        created, received_from = data.get("created"), data.get("received_from")
+        if (
+            data.get("id") != name
+            or not isinstance(sender, str)
+            or not isinstance(recipients, builtins.list)
+            or not all(isinstance(r, str) for r in recipients)
+            or not isinstance(created, int | float)
+            or not (received_from is None or isinstance(received_from, str))
+        ):
+            raise ValueError(f"{ENVELOPE_FILE} has missing or mistyped fields")
+        message_path = directory / MESSAGE_FILE
+        if not message_path.is_file():
+            raise ValueError(f"{MESSAGE_FILE} is missing")
+        return SpoolEntry(
+            id=name,
+            sender=sender,
+            recipients=tuple(recipients),
+            message_path=message_path,
+            created=float(created),
+            received_from=received_from,
+        )
+
+    def _ensure_root(self) -> None:
+        if self._root_ready:
+            return
+        existed = self.root.is_dir()
+        os.makedirs(self.root, mode=0o700, exist_ok=True)
+        if self.fsync and not existed:
+            self._fsync_dir(self.root.parent)
+        self._root_ready = True
+
+    def _fsync_dir(self, directory: Path) -> None:
+        fsync_directory(directory, self._fsync_fn)
+
+    def _write_durably(self, path: Path, data: bytes) -> None:
+        write_new_file(path, data, self._fsync_fn if self.fsync else None)

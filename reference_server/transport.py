@@ -1,0 +1,163 @@
+"""The server's byte pipe: an asyncio Protocol that a session coroutine reads from.
+
+Why a Protocol and not streams: on STARTTLS the server must drop every byte
+the client sent in cleartext after the STARTTLS command (RFC 3207 §4.2; the
+"command injection" of CVE-2011-0411). With a Protocol all received bytes
+pass through :meth:`Connection.data_received` into our own inbox, so
+:meth:`Connection.start_tls` can discard exactly those bytes before the
+handshake; a StreamReader would keep its own buffer we cannot see.
+
+Flow control both ways: reading pauses while the inbox holds more than
+``high_water`` bytes the session has not taken, and :meth:`drain` waits while
+the transport's write buffer is full.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from collections.abc import Awaitable, Callable
+
+__all__ = ["Connection", "ConnectionTimeout"]
+
+
+class ConnectionTimeout(Exception):
+    """The client sent nothing within the deadline."""
+
+
+class Connection(asyncio.Protocol):
+    """One accepted connection; ``handler(conn)`` runs as its session task."""
+
+    def __init__(
+        self,
+        handler: Callable[[Connection], Awaitable[None]],
+        *,
+        tls_context: ssl.SSLContext | None = None,
+        high_water: int = 1 << 20,
+        on_close: Callable[[Connection], None] | None = None,
+    ) -> None:
+        self._handler = handler
+        self._implicit_tls = tls_context
+        self._high_water = high_water
+        self._on_close = on_close
+        self.transport: asyncio.Transport | None = None
+        self.peer: tuple[str, int] = ("", 0)
+        self.tls = False
+        self._inbox = bytearray()
+        self._eof = False
+        self._lost = False
+        self._paused = False
+        self._waiter: asyncio.Future[None] | None = None
+        self._can_write = asyncio.Event()
+        self._can_write.set()
+        self.task: asyncio.Task[None] | None = None
+
+    # -- asyncio.Protocol ------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        peer = transport.get_extra_info("peername")
+        self.peer = (str(peer[0]), int(peer[1])) if peer else ("", 0)
+        self.tls = transport.get_extra_info("sslcontext") is not None
+        self.task = asyncio.get_running_loop().create_task(self._run())
+
+    def data_received(self, data: bytes) -> None:
+        self._inbox += data
+        if len(self._inbox) > self._high_water and not self._paused and self.transport:
+            self._paused = True
+            self.transport.pause_reading()
+        self._wake()
+
+    def eof_received(self) -> bool:
+        self._eof = True
+        self._wake()
+        return False  # close our side too
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._lost = self._eof = True
+        self._can_write.set()
+        self._wake()
+
+    def pause_writing(self) -> None:
+        self._can_write.clear()
+
+    def resume_writing(self) -> None:
+        self._can_write.set()
+
+    # -- for the session -----------------------------------------------------------------
+
+    async def _run(self) -> None:
+        try:
+            await self._handler(self)
+        finally:
+            self.close()
+            if self._on_close is not None:
+                self._on_close(self)
+
+    def _wake(self) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    async def read(self, timeout: float) -> bytes:
+        """Everything received so far (at least one byte), or ``b""`` at EOF.
+
+        Raises:
+            ConnectionTimeout: nothing arrived within ``timeout`` seconds.
+        """
+        if not self._inbox and not self._eof:
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await asyncio.wait_for(self._waiter, timeout)
+            except TimeoutError:
+                raise ConnectionTimeout(f"no data within {timeout:g}s") from None
+            finally:
+                self._waiter = None
+        data = bytes(self._inbox)
+        self._inbox.clear()
+        if self._paused and self.transport is not None and not self._lost:
+            self._paused = False
+            self.transport.resume_reading()
+        return data
+
+    def write(self, data: bytes) -> None:
+        if self.transport is not None and not self._lost:
+            self.transport.write(data)
+
+    async def drain(self) -> None:
+        await self._can_write.wait()
+
+    @property
+    def closed(self) -> bool:
+        return self._lost
+
+    def take_unread(self) -> bytes:
+        """Drop and return bytes received but not yet read (STARTTLS discards them)."""
+        data = bytes(self._inbox)
+        self._inbox.clear()
+        return data
+
+    async def start_tls(self, context: ssl.SSLContext, timeout: float = 30.0) -> bytes:
+        """Upgrade to TLS; returns the cleartext bytes that were discarded first."""
+        assert self.transport is not None
+        await self.drain()
+        dropped = self.take_unread()
+        loop = asyncio.get_running_loop()
+        new = await asyncio.wait_for(
+            loop.start_tls(self.transport, self, context, server_side=True),
+            timeout,
+        )
+        if new is None:
+            raise ConnectionError("TLS handshake did not complete")
+        assert isinstance(new, asyncio.Transport)
+        self.transport = new
+        self.tls = True
+        return dropped
+
+    def close(self) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.close()
+
+    def abort(self) -> None:
+        if self.transport is not None:
+            self.transport.abort()
