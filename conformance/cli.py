@@ -11,6 +11,7 @@ import asyncio
 import datetime as dt
 import fnmatch
 import json
+import logging
 import sys
 import tempfile
 import time
@@ -168,15 +169,15 @@ def run(
         scenarios = load_paths(_default_paths(paths), accounts=set(target.accounts))
     except LoadErrors as exc:
         _fail_input(exc.errors)
-    service_errors = check_against_target(scenarios, target)
-    if service_errors:
-        _fail_input(service_errors)
     chosen = select(scenarios, patterns)
     if not chosen:
         click.echo(
             f"no scenario matches {' '.join(patterns)} (of {len(scenarios)} loaded)", err=True
         )
         sys.exit(EXIT_USAGE)
+    service_errors = check_against_target(chosen, target)
+    if service_errors:
+        _fail_input(service_errors)
     sys.exit(
         execute(
             chosen,
@@ -334,6 +335,9 @@ def check(
 
 def _start_embedded(directory: Path) -> tuple[ServerThread, Path]:
     """Start the reference server in a thread; write a target file for it."""
+    # the embedded server's own log lines would interleave with the report
+    logging.getLogger("reference_server").addHandler(logging.NullHandler())
+    logging.getLogger("reference_server").propagate = False
     config, passwords = dev_config(directory / "server")
     thread = ServerThread(config).start()
     assert thread.server is not None

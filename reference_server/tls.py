@@ -177,7 +177,7 @@ def generate_dev_certificates(
     )
     ca_key_file = directory / "ca-key.pem"
     with _locked(directory / ".lock"):
-        now = dt.datetime.now(dt.UTC)
+        now = _now()
         ca = _load_ca(files.ca_file, ca_key_file, now)
         if ca is not None and _leaf_fits(files, ca[0], names, ips, now):
             _private(files.key_file)
@@ -198,6 +198,10 @@ def generate_dev_certificates(
 
 
 # --- building certificates -------------------------------------------------------------------
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
 
 
 def _check_name(name: str) -> str:

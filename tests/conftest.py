@@ -42,9 +42,12 @@ class ToyServers:
         smtp = toy.smtp_handler(**smtp_options)
         self.smtp = ScriptedServer(smtp, host=host, certs=certs)
         self.submissions = ScriptedServer(smtp, host=host, tls="implicit", certs=certs)
+        self.submission = ScriptedServer(
+            toy.smtp_handler(**{**smtp_options, "require_auth": True}), host=host, certs=certs
+        )
         self.pop3 = ScriptedServer(toy.pop3_handler(), host=host, certs=certs)
         self.imap = ScriptedServer(toy.imap_handler(), host=host, certs=certs)
-        self.servers = [self.smtp, self.submissions, self.pop3, self.imap]
+        self.servers = [self.smtp, self.submissions, self.submission, self.pop3, self.imap]
 
     def target(self) -> dict[str, Any]:
         accounts = {
@@ -58,6 +61,7 @@ class ToyServers:
             "services": {
                 "mx": {"port": self.smtp.port, "tls": "starttls"},
                 "submissions": {"port": self.submissions.port, "tls": "implicit"},
+                "submission": {"port": self.submission.port, "tls": "starttls"},
                 "pop3": {"port": self.pop3.port, "tls": "starttls"},
                 "imap": {"port": self.imap.port, "tls": "starttls"},
             },

@@ -178,6 +178,18 @@ class ScriptConn:
                 raise AssertionError(f"client sent a line longer than {self.max_line} bytes")
             self._fill(deadline, "a line")
 
+    def recv_until(self, pattern: bytes, timeout: float = 5.0) -> bytes:
+        """Raw bytes up to and including the first match of the regex ``pattern``."""
+        deadline = time.monotonic() + timeout
+        regex = re.compile(pattern)
+        while True:
+            m = regex.search(self._buf)
+            if m is not None:
+                data = bytes(self._buf[: m.end()])
+                del self._buf[: m.end()]
+                return data
+            self._fill(deadline, f"bytes matching {pattern!r}")
+
     def recv_exact(self, n: int, timeout: float = 5.0) -> bytes:
         """Exactly n bytes (for literals and the like); not recorded in ``received``."""
         deadline = time.monotonic() + timeout
@@ -221,16 +233,19 @@ class ScriptConn:
                 return False
 
     # ---- TLS
-    def starttls(self, timeout: float = 5.0) -> None:
+    def starttls(self, timeout: float = 5.0, *, discard_pipelined: bool = False) -> None:
         """Wrap the socket in server-side TLS and handshake now.
 
         Bytes the client sent after the STARTTLS command but before the handshake are a
-        client bug (RFC 3207 §4.2 and friends): AssertionError. A failed handshake raises
-        :class:`TLSHandshakeError`, which counts as the client going away (it is recorded in
-        ``server.tls_failures``).
+        client bug (RFC 3207 §4.2 and friends): AssertionError, unless ``discard_pipelined``
+        asks for what a correct server does, dropping them unexecuted. A failed handshake
+        raises :class:`TLSHandshakeError`, which counts as the client going away (it is
+        recorded in ``server.tls_failures``).
         """
         if self.tls:
             raise AssertionError("starttls() on a connection that is already TLS")
+        if discard_pipelined:
+            self._buf.clear()
         if self._buf:
             raise AssertionError(
                 f"client pipelined plaintext after STARTTLS: {bytes(self._buf)[:200]!r}"

@@ -146,9 +146,17 @@ class ToyMail:
                         conn.sendline("503 5.5.1 need RCPT first")
                         continue
                     conn.sendline("354 End data with <CR><LF>.<CR><LF>")
+                    # only CRLF "." CRLF ends the data (RFC 5321 §4.1.1.4): a "." line
+                    # ended by a bare LF, or after one, is content (no smuggling)
                     body: list[bytes] = []
-                    while (raw := conn.recv_line(self.idle_timeout)) != b".":
+                    crlf_before = True
+                    while True:
+                        raw = conn.recv_line(self.idle_timeout)
+                        crlf = conn.last_terminator == b"\r\n"
+                        if raw == b"." and crlf and crlf_before:
+                            break
                         body.append(raw[1:] if raw.startswith(b".") else raw)
+                        crlf_before = crlf
                     msg = b"".join(b + b"\r\n" for b in body)
                     for user in rcpts:
                         self.deliver(user, msg)
@@ -171,7 +179,7 @@ class ToyMail:
                         conn.sendline("501 5.5.4 no parameters allowed")
                     else:
                         conn.sendline("220 2.0.0 Ready to start TLS")
-                        conn.starttls()
+                        conn.starttls(discard_pipelined=True)  # RFC 3207 §4.2
                         helo = authed = sender = None
                         rcpts = []
                 elif verb == "AUTH":

@@ -36,6 +36,7 @@ from .model import (
     Sleep,
     StartTls,
     Step,
+    TlsHandshake,
 )
 from .schema import (
     ACTION_KEYS,
@@ -312,6 +313,8 @@ class _Builder:
             return Data(self.template((*key, "data"), text))
         if kind == "starttls":
             return StartTls()
+        if kind == "tls_handshake":
+            return TlsHandshake()
         if kind == "auth":
             return self.auth((*key, "auth"), value, conn)
         if kind == "sleep":
@@ -369,7 +372,7 @@ class _Builder:
                 key,
                 f"steps[{index}]: a step needs an action ({', '.join(ACTION_KEYS)}) or an 'expect'",
             )
-        if isinstance(action, Sleep | Close) and (expect or captures):
+        if isinstance(action, Sleep | Close | TlsHandshake) and (expect or captures):
             self.fail(
                 key,
                 f"steps[{index}]: '{type(action).__name__.lower()}' reads no response; "

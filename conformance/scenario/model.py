@@ -29,6 +29,7 @@ __all__ = [
     "Sleep",
     "StartTls",
     "Step",
+    "TlsHandshake",
 ]
 
 DEFAULT_SERVICE = {"smtp": "mx", "pop3": "pop3", "imap": "imap"}
@@ -72,6 +73,11 @@ class StartTls:
 
 
 @dataclass(frozen=True)
+class TlsHandshake:
+    """Only the handshake: the scenario sent STARTTLS itself (say, pipelined, to test injection)."""
+
+
+@dataclass(frozen=True)
 class Auth:
     """Log in: SASL ``PLAIN``/``LOGIN``, or ``native`` (POP3 USER/PASS, IMAP LOGIN)."""
 
@@ -91,7 +97,7 @@ class Close:
     """Close our side of the connection."""
 
 
-Action = Send | Data | StartTls | Auth | Sleep | Close
+Action = Send | Data | StartTls | TlsHandshake | Auth | Sleep | Close
 
 
 @dataclass(frozen=True)

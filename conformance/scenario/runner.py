@@ -49,6 +49,7 @@ from .model import (
     Sleep,
     StartTls,
     Step,
+    TlsHandshake,
 )
 from .sessions import (
     Closed,
@@ -405,6 +406,9 @@ class Runner:
             self._judge(ex, step, resp, default_ok=True)
             if _positive(conn.protocol, resp):
                 await session.start_tls()
+            return
+        elif isinstance(action, TlsHandshake):
+            await session.start_tls()
             return
         elif isinstance(action, Auth):
             resp = await session.authenticate(  # type: ignore[attr-defined]

@@ -89,7 +89,16 @@ _auth: dict[str, Any] = {
 }
 
 #: Keys of a step that do something on the wire (at most one per step).
-ACTION_KEYS: Final = ("send", "send_raw", "data", "starttls", "auth", "sleep", "close")
+ACTION_KEYS: Final = (
+    "send",
+    "send_raw",
+    "data",
+    "starttls",
+    "tls_handshake",
+    "auth",
+    "sleep",
+    "close",
+)
 
 _step: dict[str, Any] = {
     "type": "object",
@@ -112,6 +121,7 @@ _step: dict[str, Any] = {
             ]
         },
         "starttls": {"const": True},
+        "tls_handshake": {"const": True},
         "auth": _auth,
         "sleep": _nonneg,
         "close": {"const": True},

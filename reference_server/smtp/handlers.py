@@ -187,7 +187,8 @@ async def mail(session: SmtpSession, cmd: Command) -> Reply:
         if session.user is None:
             return Reply.build(530, "5.7.0", "authentication required (RFC 4954 §6)")
         owned = {a.lower() for a in session.user.addresses}
-        if args.address.lower() not in owned:
+        # RFC 6409 §3.2: the null path (MDNs, RFC 8098) is not refused for being null
+        if args.address and args.address.lower() not in owned:
             return Reply.build(553, "5.7.1", f"sender <{args.address}> is not yours to use")
     session.reset_transaction()
     session.envelope.sender = args.address

@@ -13,15 +13,17 @@ lose it, and no reader ever sees half a message. One delivery into one mailbox i
 4. ``fsync`` the ``new/`` directory: the directory entry, and so the message, is
    durable. Only now may the caller acknowledge.
 
-Step 4 is the expensive, serialising one: every delivery into the same directory
-needs a directory fsync that *started after its rename*. :class:`DirectorySync`
-shares one fsync among all callers whose renames completed before it began
-(group commit, as databases do for their log): while one fsync runs, the
-callers that rename meanwhile gather in the next batch, and one of them runs
-the fsync for the whole batch when the current one ends. Under load the number
-of directory fsyncs per second stays near ``1 / fsync latency`` while deliveries
-per second grow with concurrency. File fsyncs (step 2) run in parallel in a
-thread pool, so the event loop never blocks on the disk.
+Step 4 is the serialising one: every delivery into the same directory needs a
+directory fsync that *began after its rename*. :class:`DirectorySync` shares one
+fsync among all deliveries whose renames completed before it began (group
+commit, as databases do for their log): while one fsync runs, the deliveries
+that rename meanwhile gather in the next batch, which gets one fsync as soon as
+the current one ends. Steps 1-3 run in a thread pool (so file fsyncs run in
+parallel and the event loop never blocks on the disk); the wait for step 4 is a
+future that :meth:`MaildirStore.deliver` awaits on the event loop, so a waiting
+delivery holds no thread and a batch can take in every delivery in flight.
+Under load the directory fsyncs per second stay near ``1 / fsync latency``
+while deliveries per second grow with concurrency.
 
 A message for several users is written once per mailbox (copies, not hard
 links), renamed into every ``new/``, and each distinct ``new/`` directory is
@@ -40,7 +42,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from pathlib import Path
 
 __all__ = [
@@ -119,97 +121,129 @@ def write_new_file(path: Path, data: bytes, fsync_fn: FsyncFn | None = os.fsync)
 
 
 class _Batch:
-    """Callers waiting for the same directory fsync."""
+    """Requests that share one directory fsync, and the future they wait on."""
 
-    __slots__ = ("done", "error", "members")
+    __slots__ = ("future", "members")
 
     def __init__(self) -> None:
         self.members = 0
-        self.done = False
-        self.error: BaseException | None = None
+        self.future: Future[OSError | None] = Future()
+        # RUNNING futures cannot be cancelled: one impatient waiter must not
+        # cancel the fsync result the other members wait for.
+        self.future.set_running_or_notify_cancel()
 
 
 class DirectorySync:
-    """Group commit of ``fsync`` on one directory, shared by threads.
+    """Group commit of ``fsync`` on one directory.
 
-    :meth:`commit` returns only after an fsync of the directory that *began after
-    commit was called* has completed, so a caller that renamed a file into the
-    directory and then calls ``commit()`` knows the rename is durable.
+    :meth:`request` returns a future that completes once an fsync of the
+    directory that *began after the request* has completed, so a caller that
+    renamed a file into the directory and then requests knows, when the future
+    completes, that the rename is durable.
 
-    Callers join the open batch. If no fsync is running, the caller becomes the
-    leader: it closes the batch (later callers join a fresh one) and runs one
-    fsync for every member. If an fsync is running, the caller waits; when that
-    fsync ends, one waiter of the next batch leads it. A caller whose rename
-    happened after an fsync started never rides on that fsync.
+    Requests join the open batch. If no fsync is running, the request starts a
+    sync job in ``executor``; the job closes the open batch (later requests join
+    a fresh one), fsyncs once for all its members, completes their shared
+    future, and repeats while a next batch has members. Nobody holds a thread
+    while waiting: threads block on the future (:meth:`commit`), coroutines await
+    it (``asyncio.wrap_future``), so a batch can hold every delivery in flight.
 
     Args:
         path: the directory.
+        executor: where sync jobs run; at most one job per directory runs at once.
         fsync_fn: the fsync to call with an open directory descriptor
             (injectable so tests can count and fail fsyncs).
     """
 
-    def __init__(self, path: Path, fsync_fn: FsyncFn = os.fsync) -> None:
+    def __init__(self, path: Path, executor: Executor, fsync_fn: FsyncFn = os.fsync) -> None:
         self.path = path
+        self._executor = executor
         self._fsync = fsync_fn
-        self._cond = threading.Condition()
+        self._lock = threading.Lock()
         self._open = _Batch()
         self._syncing = False
         self._syncs = 0
 
     @property
     def pending(self) -> int:
-        """Callers in the open batch (waiting for an fsync that has not begun yet)."""
-        with self._cond:
+        """Requests in the open batch (waiting for an fsync that has not begun yet)."""
+        with self._lock:
             return self._open.members
 
     @property
     def syncs(self) -> int:
-        """Directory fsyncs run so far (successful or not)."""
-        with self._cond:
+        """Directory fsyncs begun so far (successful or not)."""
+        with self._lock:
             return self._syncs
 
-    def commit(self) -> None:
-        """Wait until a directory fsync that began after this call has completed.
+    def request(self) -> Future[OSError | None]:
+        """Ask for a directory fsync that begins after this call.
 
-        Raises:
-            OSError: the fsync covering this caller failed. The leader re-raises
-                the original error; the other members of the batch get an
-                ``OSError`` with the same errno (the rename is not known durable).
+        Returns:
+            A future shared by the batch; its result is ``None`` once the fsync
+            succeeded, or the ``OSError`` to raise if it failed. It cannot be
+            cancelled (other members wait on it too).
         """
-        with self._cond:
+        with self._lock:
             batch = self._open
             batch.members += 1
-            while not batch.done:
-                if self._syncing:
-                    self._cond.wait()
-                    continue
-                # Not syncing, so every older batch is done: ``batch`` is the open
-                # one, and this caller leads it. Close it to newcomers first.
-                self._syncing = True
+            start = not self._syncing
+            self._syncing = True
+        if start:
+            try:
+                self._executor.submit(self._run)
+            except RuntimeError:  # executor shut down: sync in this thread instead
+                self._run()
+        return batch.future
+
+    def commit(self) -> None:
+        """Block until a directory fsync that began after this call has completed.
+
+        Raises:
+            OSError: the fsync covering this caller failed.
+        """
+        error = self.request().result()
+        if error is not None:
+            raise error
+
+    def _run(self) -> None:
+        while True:
+            with self._lock:
+                batch = self._open
+                if batch.members == 0:
+                    self._syncing = False
+                    return
+                # Close the batch: every member renamed before joining it, so
+                # before this fsync begins. Newcomers wait for the next one.
                 self._open = _Batch()
                 self._syncs += 1
-                error: BaseException | None = None
-                self._cond.release()
-                try:
-                    self._sync_once()
-                except BaseException as exc:
-                    error = exc
-                finally:
-                    self._cond.acquire()
-                batch.done = True
-                batch.error = error
-                self._syncing = False
-                self._cond.notify_all()
-                if error is not None:
-                    raise error
-        if batch.error is not None:
-            code = getattr(batch.error, "errno", None) or errno.EIO
-            raise OSError(
-                code, f"fsync of directory {self.path} failed: {batch.error}"
-            ) from batch.error
+            outcome: OSError | None = None
+            try:
+                fsync_directory(self.path, self._fsync)
+            except BaseException as exc:  # every member must hear of it, whatever it is
+                code = getattr(exc, "errno", None) or errno.EIO
+                outcome = OSError(code, f"fsync of directory {self.path} failed: {exc}")
+                outcome.__cause__ = exc
+            batch.future.set_result(outcome)
 
-    def _sync_once(self) -> None:
-        fsync_directory(self.path, self._fsync)
+
+class _Staged:
+    """A delivery whose files are in ``new/``, waiting for its directory fsyncs."""
+
+    __slots__ = ("commits", "names", "renamed")
+
+    def __init__(
+        self, names: list[str], renamed: list[Path], commits: list[Future[OSError | None]]
+    ) -> None:
+        self.names = names
+        self.renamed = renamed
+        self.commits = commits
+
+    def roll_back(self) -> None:
+        """Remove the files again (best effort): the message is not acknowledged."""
+        for path in self.renamed:
+            with contextlib.suppress(OSError):
+                path.unlink()
 
 
 class MaildirStore:
@@ -221,8 +255,8 @@ class MaildirStore:
             only: nothing survives a crash then.
         hostname: the host part of file names; defaults to ``socket.gethostname()``.
             Sanitised per maildir(5) (see :func:`sanitize_hostname`).
-        workers: threads of the pool :meth:`deliver` runs in; it bounds the
-            deliveries (and so the file fsyncs) in flight at once.
+        workers: threads that write and fsync files (so the file fsyncs in flight
+            at once), and, separately, at most as many directory fsyncs at once.
         fsync_fn: the fsync used for files and directories (tests inject one that
             records or fails).
         clock: seconds since the epoch, for file names (tests inject a fixed one).
@@ -250,8 +284,20 @@ class MaildirStore:
         self._lock = threading.Lock()
         self._counter = 0
         self._ready: set[str] = set()
+        self._create_lock = threading.Lock()  # mailbox creation, once per user
         self._dirsyncs: dict[Path, DirectorySync] = {}
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="maildir")
+        # directory fsyncs: one job at a time per directory, never waiting on others
+        self._sync_pool = ThreadPoolExecutor(
+            max_workers=workers, thread_name_prefix="maildir-dirsync"
+        )
+
+    @property
+    def directory_syncs(self) -> int:
+        """``new/`` directory fsyncs run so far, over all mailboxes (a group-commit figure)."""
+        with self._lock:
+            syncs = list(self._dirsyncs.values())
+        return sum(sync.syncs for sync in syncs)
 
     # -- names and paths ---------------------------------------------------------------
 
@@ -295,7 +341,7 @@ class MaildirStore:
     def deliver_sync(self, users: Sequence[str], message: bytes) -> list[str]:
         """Store ``message`` durably in the ``new/`` directory of every user's Maildir.
 
-        Blocks on disk I/O: call it from a thread (see :meth:`deliver`).
+        Blocks on disk I/O: from a coroutine, use :meth:`deliver`.
 
         Args:
             users: the recipients' mailbox names; a name listed twice gets one copy.
@@ -310,44 +356,23 @@ class MaildirStore:
             OSError: storing failed; whatever this call wrote has been removed
                 (from ``new/`` best effort) and the message must not be acknowledged.
         """
-        if not users:
-            raise ValueError("deliver needs at least one user")
-        distinct = list(dict.fromkeys(users))
-        boxes = [self.mailbox_path(user) for user in distinct]
-        for user, box in zip(distinct, boxes, strict=True):
-            self._ensure_mailbox(user, box)
-
-        written: list[tuple[Path, Path]] = []  # (tmp path, new path)
-        renamed: list[Path] = []
-        names: dict[str, str] = {}
-        try:
-            for user, box in zip(distinct, boxes, strict=True):
-                name = self._unique_name(len(message))
-                tmp, new = box / "tmp" / name, box / "new" / name
-                written.append((tmp, new))
-                self._write_durably(tmp, message)
-                names[user] = name
-            for tmp, new in written:
-                os.rename(tmp, new)
-                renamed.append(new)
-            if self.fsync:
-                for box in boxes:
-                    self._dirsync(box / "new").commit()
-        except BaseException:
-            for tmp, new in written:
-                with contextlib.suppress(OSError):
-                    if new in renamed:
-                        new.unlink()
-                    else:
-                        tmp.unlink()
-            raise
-        return [names[user] for user in users]
+        staged = self._stage(users, message)
+        for commit in staged.commits:
+            error = commit.result()
+            if error is not None:
+                staged.roll_back()
+                raise error
+        return staged.names
 
     async def deliver(self, users: Sequence[str], message: bytes) -> list[str]:
-        """:meth:`deliver_sync` in the store's thread pool; the event loop keeps serving.
+        """:meth:`deliver_sync` without blocking the event loop.
 
-        If the awaiting task is cancelled, the delivery still completes in its
-        thread (a possible duplicate, never a loss or a partial file).
+        Writing, file fsyncs and renames run in the store's thread pool; the wait
+        for the directory fsync happens here, on the loop, so waiting deliveries
+        hold no thread and any number of them can share one directory fsync.
+
+        If the awaiting task is cancelled, the message may still be stored
+        (a possible duplicate, never a loss or a partial file).
 
         Args:
             users: the recipients' mailbox names.
@@ -361,7 +386,13 @@ class MaildirStore:
             OSError: as :meth:`deliver_sync`.
         """
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._pool, self.deliver_sync, list(users), message)
+        staged = await loop.run_in_executor(self._pool, self._stage, list(users), message)
+        for commit in staged.commits:
+            error = await asyncio.wrap_future(commit)
+            if error is not None:
+                await loop.run_in_executor(self._pool, staged.roll_back)
+                raise error
+        return staged.names
 
     def list_new(self, user: str) -> list[Path]:
         """The messages in ``new/`` of ``user``'s Maildir, sorted by file name.
@@ -382,16 +413,50 @@ class MaildirStore:
             return []
 
     async def close(self) -> None:
-        """Wait for deliveries in flight and stop the thread pool."""
+        """Wait for deliveries in flight and stop the thread pools."""
         await asyncio.to_thread(self._pool.shutdown, wait=True)
+        await asyncio.to_thread(self._sync_pool.shutdown, wait=True)
 
     # -- internals ---------------------------------------------------------------------
+
+    def _stage(self, users: Sequence[str], message: bytes) -> _Staged:
+        """Write, fsync and rename into every ``new/``, then request the directory syncs."""
+        if not users:
+            raise ValueError("deliver needs at least one user")
+        distinct = list(dict.fromkeys(users))
+        boxes = [self.mailbox_path(user) for user in distinct]
+        for user, box in zip(distinct, boxes, strict=True):
+            self._ensure_mailbox(user, box)
+
+        written: list[tuple[Path, Path]] = []  # (tmp path, new path)
+        renamed: list[Path] = []
+        names: dict[str, str] = {}
+        try:
+            for user, box in zip(distinct, boxes, strict=True):
+                name = self._unique_name(len(message))
+                tmp, new = box / "tmp" / name, box / "new" / name
+                written.append((tmp, new))
+                self._write_durably(tmp, message)
+                names[user] = name
+            for tmp, new in written:
+                os.rename(tmp, new)
+                renamed.append(new)
+            commits = [self._dirsync(box / "new").request() for box in boxes] if self.fsync else []
+        except BaseException:
+            for tmp, new in written:
+                with contextlib.suppress(OSError):
+                    (new if new in renamed else tmp).unlink()
+            with self._lock:  # a mailbox removed behind our back is re-created next time
+                self._ready.difference_update(distinct)
+            raise
+        return _Staged([names[user] for user in users], renamed, commits)
 
     def _dirsync(self, directory: Path) -> DirectorySync:
         with self._lock:
             sync = self._dirsyncs.get(directory)
             if sync is None:
-                sync = self._dirsyncs[directory] = DirectorySync(directory, self._fsync_fn)
+                sync = DirectorySync(directory, self._sync_pool, self._fsync_fn)
+                self._dirsyncs[directory] = sync
             return sync
 
     def _ensure_mailbox(self, user: str, box: Path) -> None:
@@ -399,22 +464,26 @@ class MaildirStore:
         with self._lock:
             if user in self._ready:
                 return
-        created_root = not self.root.is_dir()
-        os.makedirs(self.root, mode=0o700, exist_ok=True)
-        created_box = not box.is_dir()
-        os.makedirs(box, mode=0o700, exist_ok=True)
-        for sub in SUBDIRS:
-            os.makedirs(box / sub, mode=0o700, exist_ok=True)
-        if self.fsync:
-            # A directory fsync of new/ is worthless if new/ itself can vanish in a
-            # crash: make the entries of the chain durable, parents last.
-            self._fsync_dir(box)
-            if created_box:
-                self._fsync_dir(self.root)
-            if created_root:
-                self._fsync_dir(self.root.parent)
-        with self._lock:
-            self._ready.add(user)
+        with self._create_lock:  # concurrent first deliveries create and sync once
+            with self._lock:
+                if user in self._ready:
+                    return
+            created_root = not self.root.is_dir()
+            os.makedirs(self.root, mode=0o700, exist_ok=True)
+            created_box = not box.is_dir()
+            os.makedirs(box, mode=0o700, exist_ok=True)
+            for sub in SUBDIRS:
+                os.makedirs(box / sub, mode=0o700, exist_ok=True)
+            if self.fsync:
+                # A directory fsync of new/ is worthless if new/ itself can vanish in
+                # a crash: make the entries of the chain durable, parents last.
+                self._fsync_dir(box)
+                if created_box:
+                    self._fsync_dir(self.root)
+                if created_root:
+                    self._fsync_dir(self.root.parent)
+            with self._lock:
+                self._ready.add(user)
 
     def _fsync_dir(self, directory: Path) -> None:
         fsync_directory(directory, self._fsync_fn)

@@ -27,6 +27,7 @@ import shutil
 import threading
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -95,7 +96,9 @@ class OutboundSpool:
         self._lock = threading.Lock()
         self._counter = 0
         self._root_ready = False
-        self._root_sync = DirectorySync(self.root, fsync_fn)
+        # root fsyncs run here, one at a time, shared by concurrent enqueues
+        self._sync_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="spool-dirsync")
+        self._root_sync = DirectorySync(self.root, self._sync_pool, fsync_fn)
 
     def _new_id(self, now: float) -> str:
         with self._lock:
@@ -112,7 +115,7 @@ class OutboundSpool:
         *,
         received_from: str | None = None,
     ) -> str:
-        """Queue ``message`` durably; blocks on disk I/O (see :meth:`enqueue`).
+        """Queue ``message`` durably; blocks on disk I/O (from a coroutine use :meth:`enqueue`).
 
         Args:
             sender: the reverse-path without angle brackets (``""`` for a bounce).
@@ -127,38 +130,11 @@ class OutboundSpool:
             ValueError: no recipients.
             OSError: the message could not be stored; nothing stays in the spool.
         """
-        if isinstance(recipients, str) or not recipients:
-            raise ValueError("enqueue needs a non-empty sequence of recipients")
-        self._ensure_root()
-        now = self._clock()
-        queue_id = self._new_id(now)
-        envelope: dict[str, Any] = {
-            "version": ENVELOPE_VERSION,
-            "id": queue_id,
-            "sender": sender,
-            "recipients": list(recipients),
-            "created": now,
-            "received_from": received_from,
-        }
-        staging = self.root / f".tmp-{queue_id}"
-        final = self.root / queue_id
-        os.mkdir(staging, 0o700)
-        placed = False
-        try:
-            self._write_durably(staging / MESSAGE_FILE, message)
-            self._write_durably(
-                staging / ENVELOPE_FILE,
-                json.dumps(envelope, ensure_ascii=False, indent=1).encode("utf-8") + b"\n",
-            )
-            if self.fsync:
-                self._fsync_dir(staging)
-            os.rename(staging, final)
-            placed = True
-            if self.fsync:
-                self._root_sync.commit()
-        except BaseException:
-            shutil.rmtree(final if placed else staging, ignore_errors=True)
-            raise
+        queue_id, commit = self._stage(sender, recipients, message, received_from)
+        error = commit.result() if commit is not None else None
+        if error is not None:
+            self._discard(queue_id)
+            raise error
         return queue_id
 
     async def enqueue(
@@ -169,7 +145,10 @@ class OutboundSpool:
         *,
         received_from: str | None = None,
     ) -> str:
-        """:meth:`enqueue_sync` in a worker thread, so the event loop keeps serving.
+        """:meth:`enqueue_sync` without blocking the event loop.
+
+        The files are written in a worker thread; the wait for the fsync of the
+        spool directory (shared with concurrent enqueues) happens on the loop.
 
         Args:
             sender: the reverse-path without angle brackets (``""`` for a bounce).
@@ -182,15 +161,20 @@ class OutboundSpool:
 
         Raises:
             ValueError: no recipients.
-            OSError: the message could not be stored.
+            OSError: the message could not be stored; nothing stays in the spool.
         """
-        return await asyncio.to_thread(
-            self.enqueue_sync,
-            sender,
-            list(recipients),
-            message,
-            received_from=received_from,
+        queue_id, commit = await asyncio.to_thread(
+            self._stage, sender, builtins.list(recipients), message, received_from
         )
+        error = await asyncio.wrap_future(commit) if commit is not None else None
+        if error is not None:
+            await asyncio.to_thread(self._discard, queue_id)
+            raise error
+        return queue_id
+
+    async def close(self) -> None:
+        """Stop the thread that runs directory fsyncs (after the ones in flight)."""
+        await asyncio.to_thread(self._sync_pool.shutdown, wait=True)
 
     def list(self) -> builtins.list[SpoolEntry]:
         """The queued messages, oldest first.
@@ -237,6 +221,49 @@ class OutboundSpool:
         shutil.rmtree(doomed, ignore_errors=True)
 
     # -- internals ---------------------------------------------------------------------
+
+    def _stage(
+        self,
+        sender: str,
+        recipients: Sequence[str],
+        message: bytes,
+        received_from: str | None,
+    ) -> tuple[str, Future[OSError | None] | None]:
+        """Build the entry in a hidden directory, rename it into place, request the root sync."""
+        if isinstance(recipients, str) or not recipients:
+            raise ValueError("enqueue needs a non-empty sequence of recipients")
+        self._ensure_root()
+        now = self._clock()
+        queue_id = self._new_id(now)
+        envelope: dict[str, Any] = {
+            "version": ENVELOPE_VERSION,
+            "id": queue_id,
+            "sender": sender,
+            "recipients": builtins.list(recipients),
+            "created": now,
+            "received_from": received_from,
+        }
+        staging = self.root / f".tmp-{queue_id}"
+        os.mkdir(staging, 0o700)
+        placed = False
+        try:
+            self._write_durably(staging / MESSAGE_FILE, message)
+            self._write_durably(
+                staging / ENVELOPE_FILE,
+                json.dumps(envelope, ensure_ascii=False, indent=1).encode("utf-8") + b"\n",
+            )
+            if self.fsync:
+                self._fsync_dir(staging)
+            os.rename(staging, self.root / queue_id)
+            placed = True
+            commit = self._root_sync.request() if self.fsync else None
+        except BaseException:
+            shutil.rmtree(self.root / queue_id if placed else staging, ignore_errors=True)
+            raise
+        return queue_id, commit
+
+    def _discard(self, queue_id: str) -> None:
+        shutil.rmtree(self.root / queue_id, ignore_errors=True)
 
     def _read_entry(self, name: str) -> SpoolEntry:
         directory = self.root / name

@@ -26,11 +26,22 @@ SHIPPED = {sc.id: sc for sc in load_paths([ROOT / "scenarios"])}
 Handler = Callable[[ScriptConn], None]
 
 
-def smtp_server(greeting: str = "220 mx.example.test ESMTP", **replies: list[str]) -> Handler:
-    """A well-behaved SMTP responder except where ``replies`` overrides a verb.
+GOOD_END = rb"\r\n\.\r\n"
 
-    The override key is the verb (``EHLO``) or ``VERB_TLS`` for inside TLS;
-    the value is the reply lines sent as they are (no CRLF).
+
+def smtp_server(
+    greeting: str = "220 mx.example.test ESMTP",
+    *,
+    data_end: bytes = GOOD_END,
+    run_after_starttls: bool = False,
+    **replies: list[str],
+) -> Handler:
+    """A well-behaved SMTP responder (an open relay, though) except where told otherwise.
+
+    ``replies`` overrides a verb's answer (key ``VERB``, or ``VERB_TLS`` inside
+    TLS; values are reply lines). ``data_end`` is the regex that ends message
+    data. ``run_after_starttls`` runs a command pipelined after STARTTLS
+    inside the TLS session (the CVE-2011-0411 bug).
     """
 
     def handle(conn: ScriptConn) -> None:
@@ -38,8 +49,9 @@ def smtp_server(greeting: str = "220 mx.example.test ESMTP", **replies: list[str
         helo = False
         in_mail = False
         tls = False
+        carried: list[str] = []
         while True:
-            line = conn.recv_line(timeout=10).decode()
+            line = carried.pop(0) if carried else conn.recv_line(timeout=10).decode()
             verb = line.split(" ", 1)[0].upper()
             key = f"{verb}_TLS" if tls and f"{verb}_TLS" in replies else verb
             if key in replies:
@@ -58,14 +70,21 @@ def smtp_server(greeting: str = "220 mx.example.test ESMTP", **replies: list[str
                     conn.sendline("250-PIPELINING" if tls else "250-STARTTLS")
                     conn.sendline("250 8BITMIME")
             elif verb == "STARTTLS":
+                if run_after_starttls and conn.readable(timeout=0.5):
+                    carried.append(conn.recv_line().decode())  # kept across the handshake
                 conn.sendline("220 2.0.0 go ahead")
                 conn.starttls()
-                tls, helo, in_mail = True, False, False
+                tls, helo, in_mail = True, bool(carried), False
             elif verb == "MAIL":
                 conn.sendline("250 2.1.0 ok" if helo else "503 5.5.1 EHLO first")
                 in_mail = helo
             elif verb == "RCPT":
                 conn.sendline("250 2.1.5 ok" if in_mail else "503 5.5.1 MAIL first")
+            elif verb == "DATA":
+                conn.sendline("354 go ahead")
+                conn.recv_until(data_end, timeout=10)
+                conn.sendline("250 2.0.0 queued")
+                in_mail = False
             elif verb == "NOOP":
                 conn.sendline("250 2.0.0 ok")
             elif verb == "QUIT":
@@ -154,6 +173,20 @@ CASES: dict[str, tuple[Handler, str]] = {
     "smtp.starttls.not-advertised-inside-tls": (
         smtp_server(EHLO_TLS=["250-mx.example.test", "250-STARTTLS", "250 8BITMIME"]),
         "expected EHLO keyword(s) STARTTLS to be absent",
+    ),
+    "smtp.submission.mail-needs-auth": (smtp_server(), "expected reply code 530"),
+    "security.smtp.no-open-relay": (smtp_server(), "expected reply code 450 or 451"),
+    "security.smtp.smuggling-lf-dot-lf": (
+        smtp_server(data_end=rb"\n\.\n|\r\n\.\r\n"),
+        "expected silence for 1s, but the server sent",
+    ),
+    "security.smtp.smuggling-cr-dot-cr": (
+        smtp_server(data_end=rb"\r\.\r|\r\n\.\r\n"),
+        "expected silence for 1s, but the server sent",
+    ),
+    "security.smtp.starttls-injection": (
+        smtp_server(run_after_starttls=True),
+        "expected reply code 503",
     ),
     "pop3.greeting.ok": (pop3_server(greeting="-ERR go away"), "expected +OK"),
     "pop3.capa.multiline-list": (
