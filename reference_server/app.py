@@ -66,6 +66,7 @@ class MailServer:
         self.stopping = True
         await asyncio.gather(*(listener.stop() for listener in self.listeners))
         await self.store.close()
+        await self.spool.close()
 
 
 async def serve_until_signal(

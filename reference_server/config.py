@@ -125,7 +125,9 @@ class Timeouts:
     command: float = 300.0  # next command; server timeout, RFC 5321 §4.5.3.2.7
     data_block: float = 180.0  # next chunk of message text, RFC 5321 §4.5.3.2.5
     data_end: float = 600.0  # storing after the final dot, RFC 5321 §4.5.3.2.6
-    initial: float = 300.0  # first command after the greeting, RFC 5321 §4.5.3.2.1
+    # first command after the greeting; None: the command timeout (a server waits at
+    # least 5 minutes for a command, RFC 5321 §4.5.3.2.7)
+    initial: float | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -586,7 +588,9 @@ def _limits(r: _Reader, value: object) -> Limits:
         command=r.positive(times.get("command", dt.command), "limits.timeouts.command"),
         data_block=r.positive(times.get("data_block", dt.data_block), "limits.timeouts.data_block"),
         data_end=r.positive(times.get("data_end", dt.data_end), "limits.timeouts.data_end"),
-        initial=r.positive(times.get("initial", dt.initial), "limits.timeouts.initial"),
+        initial=(
+            r.positive(times["initial"], "limits.timeouts.initial") if "initial" in times else None
+        ),
     )
     return Limits(
         max_message_size=r.integer(

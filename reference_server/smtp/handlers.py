@@ -283,7 +283,6 @@ def _has_header(head: bytes, name: bytes) -> bool:
 async def message_received(session: SmtpSession, event: MessageData) -> Reply:
     """Add trace and submission fix-ups, store durably, and only then say 250."""
     server = session.server
-    env = session.envelope
     content = event.content
     now = time.time()
     head_end = content.find(b"\r\n\r\n")
@@ -297,22 +296,23 @@ async def message_received(session: SmtpSession, event: MessageData) -> Reply:
         if not _has_header(head, b"Message-ID"):
             mid = f"<{session.session_id}.{int(now * 1e6):x}@{server.config.hostname}>"
             added.append(b"Message-ID: " + mid.encode() + b"\r\n")
-    message = (
-        _received(session, now) + content
-        if not added
-        else _received(session, now) + b"".join(added) + content
-    )
+    message = _received(session, now) + b"".join(added) + content
     try:
-        if env.local:
-            await server.store.deliver(sorted(set(env.local.values())), message)
-        if env.remote:
-            await server.spool.enqueue(
-                env.sender or "", env.remote, message, received_from=session.conn.peer[0]
-            )
-    except OSError as exc:
-        log.error("%s: could not store message: %s", session.session_id, exc)
+        await asyncio.wait_for(_store(session, message), server.config.limits.timeouts.data_end)
+    except (OSError, TimeoutError) as exc:
+        log.error("%s: could not store message: %s", session.session_id, exc or "timed out")
         return Reply.build(451, "4.3.0", "could not store the message; try again later")
     return _ok(f"message accepted as {session.session_id}", "2.6.0")
+
+
+async def _store(session: SmtpSession, message: bytes) -> None:
+    """Every local mailbox, then the spool for remote recipients; raises if any fails."""
+    env, server = session.envelope, session.server
+    if env.local:
+        await server.store.deliver(sorted(set(env.local.values())), message)
+    if env.remote:
+        peer = session.conn.peer[0]
+        await server.spool.enqueue(env.sender or "", env.remote, message, received_from=peer)
 
 
 def _received(session: SmtpSession, now: float) -> bytes:

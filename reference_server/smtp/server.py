@@ -70,6 +70,11 @@ class SmtpListener:
             await session.run()
         except (ConnectionError, OSError) as exc:
             log.info("%s: connection error: %s", session.session_id, exc)
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # a bug must end this session only, never the server
+            log.exception("%s: internal error; session closed", session.session_id)
+            conn.write(Reply.build(421, "4.3.0", f"{server.config.hostname} internal error").raw)
         finally:
             server.active_sessions -= 1
             self.sessions.discard(session)
@@ -79,10 +84,17 @@ class SmtpListener:
         if self._server is not None:
             self._server.close()
         hostname = self.server.config.hostname
-        for session in list(self.sessions):
-            session.conn.write(Reply.build(421, "4.3.2", f"{hostname} shutting down").raw)
-            session.conn.close()
-            if session.conn.task is not None:
-                session.conn.task.cancel()
+        conns = [session.conn for session in self.sessions]
+        for conn in conns:
+            conn.write(Reply.build(421, "4.3.2", f"{hostname} shutting down").raw)
+            conn.close()  # TLS: starts close_notify, which needs the loop a moment longer
+            if conn.task is not None:
+                conn.task.cancel()
+        tasks = [c.task for c in conns if c.task is not None]
+        if tasks:
+            await asyncio.wait(tasks, timeout=1.0)
+        await asyncio.sleep(0.05)  # let the close_notify go out
+        for conn in conns:
+            conn.abort()  # and never wait on a peer that does not answer it
         if self._server is not None:
             await self._server.wait_closed()

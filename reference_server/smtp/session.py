@@ -16,6 +16,7 @@ after :mod:`reference_server.storage` said it is durably stored.
 from __future__ import annotations
 
 import enum
+import functools
 import logging
 import random
 import time
@@ -42,9 +43,13 @@ if TYPE_CHECKING:
     from ..auth import Account
     from .server import SmtpListener
 
-__all__ = ["After", "Envelope", "SmtpSession"]
+__all__ = ["After", "Envelope", "Hangup", "SmtpSession"]
 
 log = logging.getLogger("reference_server.smtp")
+
+
+class Hangup(Exception):
+    """The session is over (the client timed out); the reply, if any, was sent."""
 
 
 class After(enum.Enum):
@@ -89,6 +94,8 @@ class SmtpSession:
         self.user: Account | None = None
         self.envelope = Envelope()
         self.after = After.NOTHING
+        self.commands_seen = 0
+        self._out = bytearray()  # replies not yet written (RFC 2920: flush before waiting)
         self.session_id = f"{int(time.time() * 1000):x}{random.getrandbits(24):06x}"
 
     # -- used by handlers --------------------------------------------------------------
@@ -106,51 +113,70 @@ class SmtpSession:
 
     async def ask(self, challenge: str) -> bytes | None:
         """Send a 334 challenge (RFC 4954 §4) and return the client's line, or None at EOF."""
-        await self.send(Reply.build(334, None, challenge))
+        self.send(Reply.build(334, None, challenge))
         while True:
             event = self.reader.next_event()
             if event is NEED_DATA:
-                data = await self.conn.read(self.server.config.limits.timeouts.command)
-                self.reader.receive_data(data)
+                await self._read_more()
                 continue
             if isinstance(event, Command | BadCommandLine):
                 return event.raw.rstrip(b"\r\n")
             return None
 
-    async def send(self, reply: Reply) -> None:
-        self.conn.write(reply.raw)
-        await self.conn.drain()
+    def send(self, reply: Reply) -> None:
+        """Queue a reply; it goes out when the session next waits (or with :meth:`flush`)."""
+        self._out += reply.raw
+
+    async def flush(self) -> None:
+        if self._out:
+            self.conn.write(bytes(self._out))
+            self._out.clear()
+            await self.conn.drain()
+
+    async def _read_more(self) -> None:
+        """Flush replies, then wait for input within the timeout RFC 5321 §4.5.3.2 gives.
+
+        Raises:
+            Hangup: the client was silent too long; it was told 421.
+        """
+        await self.flush()
+        timeouts = self.server.config.limits.timeouts
+        if self.reader.in_data:
+            timeout = timeouts.data_block
+        elif self.commands_seen == 0 and timeouts.initial is not None:
+            timeout = timeouts.initial
+        else:
+            timeout = timeouts.command
+        try:
+            data = await self.conn.read(timeout)
+        except ConnectionTimeout:
+            self.send(Reply.build(421, "4.4.2", f"{self.server.config.hostname} timeout, closing"))
+            await self.flush()
+            raise Hangup from None
+        self.reader.receive_data(data)
 
     # -- the loop --------------------------------------------------------------------------
 
     async def run(self) -> None:
+        try:
+            await self._run()
+        except Hangup:
+            return
+        await self.flush()
+
+    async def _run(self) -> None:
         from .handlers import HANDLERS, data_rejected, message_received, unknown_command
 
-        limits = self.server.config.limits
         faults = self.listener.faults
         if faults.drop("CONNECT"):
             self.conn.abort()
-            return
+            raise Hangup
         await faults.delay("CONNECT")
-        await self.send(
-            Reply.build(
-                220, None, f"{self.server.config.hostname} ESMTP mailharness reference server"
-            )
-        )
+        self.send(_greeting(self.server.config.hostname))
         while True:
             event = self.reader.next_event()
             if event is NEED_DATA:
-                timeout = (
-                    limits.timeouts.data_block if self.reader.in_data else limits.timeouts.command
-                )
-                try:
-                    data = await self.conn.read(timeout)
-                except ConnectionTimeout:
-                    await self.send(
-                        Reply.build(421, "4.4.2", f"{self.server.config.hostname} timeout, closing")
-                    )
-                    return
-                self.reader.receive_data(data)
+                await self._read_more()
                 continue
             if isinstance(event, ConnectionClosed):
                 if self.state is SmtpState.DATA:
@@ -159,10 +185,12 @@ class SmtpSession:
             if isinstance(event, BadCommandLine):
                 reply = Reply.build(event.code, event.enhanced, event.text)
             elif isinstance(event, Command):
+                self.commands_seen += 1
                 verb = event.verb
                 if faults.drop(verb):
+                    await self.flush()  # earlier answers still go out; this one never does
                     self.conn.abort()
-                    return
+                    raise Hangup
                 injected = await faults.apply(verb)
                 handler = HANDLERS.get(verb)
                 if injected is not None:
@@ -185,7 +213,7 @@ class SmtpSession:
                 reply = data_rejected(self, event)
                 self.state = SmtpState.READY
                 self.reset_transaction()
-            await self.send(reply)
+            self.send(reply)
             after, self.after = self.after, After.NOTHING
             if after is After.CLOSE:
                 return
@@ -215,6 +243,7 @@ class SmtpSession:
 
     async def _start_tls(self) -> bool:
         """Handshake after the 220; cleartext that followed STARTTLS is dropped, never run."""
+        await self.flush()
         dropped = self.reader.discard_pending()
         ctx = self.server.tls_context
         assert ctx is not None
@@ -238,3 +267,8 @@ class SmtpSession:
         self.user = None
         self.reset_transaction()
         return True
+
+
+@functools.lru_cache(maxsize=8)
+def _greeting(hostname: str) -> Reply:
+    return Reply.build(220, None, f"{hostname} ESMTP mailharness reference server")

@@ -37,6 +37,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import itertools
 import os
 import socket
 import threading
@@ -176,8 +177,14 @@ class DirectorySync:
         with self._lock:
             return self._syncs
 
-    def request(self) -> Future[OSError | None]:
+    def request(self, *, inline: bool = False) -> Future[OSError | None]:
         """Ask for a directory fsync that begins after this call.
+
+        Args:
+            inline: if no fsync is running, run the one for this caller's batch
+                in the calling thread (a thread-pool worker that would otherwise
+                hand it to ``executor`` and back), then hand any next batch to
+                ``executor``. The caller's future is done on return then.
 
         Returns:
             A future shared by the batch; its result is ``None`` once the fsync
@@ -190,10 +197,10 @@ class DirectorySync:
             start = not self._syncing
             self._syncing = True
         if start:
-            try:
-                self._executor.submit(self._run)
-            except RuntimeError:  # executor shut down: sync in this thread instead
-                self._run()
+            if inline:
+                self._run(handoff=True)
+            else:
+                self._submit()
         return batch.future
 
     def commit(self) -> None:
@@ -202,21 +209,32 @@ class DirectorySync:
         Raises:
             OSError: the fsync covering this caller failed.
         """
-        error = self.request().result()
+        error = self.request(inline=True).result()
         if error is not None:
             raise error
 
-    def _run(self) -> None:
+    def _submit(self) -> None:
+        try:
+            self._executor.submit(self._run)
+        except RuntimeError:  # executor shut down: sync in this thread instead
+            self._run()
+
+    def _run(self, *, handoff: bool = False) -> None:
+        """Sync batches until none has members (with ``handoff``: one, then submit)."""
+        first = True
         while True:
             with self._lock:
                 batch = self._open
                 if batch.members == 0:
                     self._syncing = False
                     return
+                if handoff and not first:
+                    break  # still "syncing": the executor's job takes this batch
                 # Close the batch: every member renamed before joining it, so
                 # before this fsync begins. Newcomers wait for the next one.
                 self._open = _Batch()
                 self._syncs += 1
+            first = False
             outcome: OSError | None = None
             try:
                 fsync_directory(self.path, self._fsync)
@@ -225,6 +243,7 @@ class DirectorySync:
                 outcome = OSError(code, f"fsync of directory {self.path} failed: {exc}")
                 outcome.__cause__ = exc
             batch.future.set_result(outcome)
+        self._submit()
 
 
 class _Staged:
@@ -282,7 +301,7 @@ class MaildirStore:
         self._fsync_fn = fsync_fn
         self._clock = clock
         self._lock = threading.Lock()
-        self._counter = 0
+        self._counter = itertools.count(1)
         self._ready: set[str] = set()
         self._create_lock = threading.Lock()  # mailbox creation, once per user
         self._dirsyncs: dict[Path, DirectorySync] = {}
@@ -331,9 +350,7 @@ class MaildirStore:
         now = self._clock()
         seconds = int(now)
         micros = int((now - seconds) * 1_000_000)
-        with self._lock:
-            self._counter += 1
-            count = self._counter
+        count = next(self._counter)  # atomic: itertools.count is one C call
         return f"{seconds}.M{micros}P{os.getpid()}Q{count}.{self.hostname},S={size}"
 
     # -- delivery ----------------------------------------------------------------------
@@ -388,7 +405,8 @@ class MaildirStore:
         loop = asyncio.get_running_loop()
         staged = await loop.run_in_executor(self._pool, self._stage, list(users), message)
         for commit in staged.commits:
-            error = await asyncio.wrap_future(commit)
+            # the first delivery of a batch usually ran its fsync itself: no hop then
+            error = commit.result() if commit.done() else await asyncio.wrap_future(commit)
             if error is not None:
                 await loop.run_in_executor(self._pool, staged.roll_back)
                 raise error
@@ -441,7 +459,11 @@ class MaildirStore:
             for tmp, new in written:
                 os.rename(tmp, new)
                 renamed.append(new)
-            commits = [self._dirsync(box / "new").request() for box in boxes] if self.fsync else []
+            commits = (
+                [self._dirsync(box / "new").request(inline=True) for box in boxes]
+                if self.fsync
+                else []
+            )
         except BaseException:
             for tmp, new in written:
                 with contextlib.suppress(OSError):
@@ -452,18 +474,18 @@ class MaildirStore:
         return _Staged([names[user] for user in users], renamed, commits)
 
     def _dirsync(self, directory: Path) -> DirectorySync:
-        with self._lock:
-            sync = self._dirsyncs.get(directory)
-            if sync is None:
-                sync = DirectorySync(directory, self._sync_pool, self._fsync_fn)
-                self._dirsyncs[directory] = sync
-            return sync
+        sync = self._dirsyncs.get(directory)  # dict reads are atomic; only creation locks
+        if sync is None:
+            with self._lock:
+                sync = self._dirsyncs.setdefault(
+                    directory, DirectorySync(directory, self._sync_pool, self._fsync_fn)
+                )
+        return sync
 
     def _ensure_mailbox(self, user: str, box: Path) -> None:
         """Create ``box/{tmp,new,cur}`` once, durably (the new entries are fsynced too)."""
-        with self._lock:
-            if user in self._ready:
-                return
+        if user in self._ready:  # set reads are atomic; changes hold the lock
+            return
         with self._create_lock:  # concurrent first deliveries create and sync once
             with self._lock:
                 if user in self._ready:

@@ -20,11 +20,11 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import itertools
 import json
 import logging
 import os
 import shutil
-import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -93,17 +93,14 @@ class OutboundSpool:
         self.fsync = fsync
         self._fsync_fn = fsync_fn
         self._clock = clock
-        self._lock = threading.Lock()
-        self._counter = 0
+        self._counter = itertools.count(1)
         self._root_ready = False
         # root fsyncs run here, one at a time, shared by concurrent enqueues
         self._sync_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="spool-dirsync")
         self._root_sync = DirectorySync(self.root, self._sync_pool, fsync_fn)
 
     def _new_id(self, now: float) -> str:
-        with self._lock:
-            self._counter += 1
-            count = self._counter
+        count = next(self._counter)
         # hex microseconds first, so ids sort by time; pid and counter make it unique
         return f"{int(now * 1_000_000):014x}-{os.getpid():x}-{count:x}"
 
@@ -166,7 +163,10 @@ class OutboundSpool:
         queue_id, commit = await asyncio.to_thread(
             self._stage, sender, builtins.list(recipients), message, received_from
         )
-        error = await asyncio.wrap_future(commit) if commit is not None else None
+        if commit is None or commit.done():
+            error = commit.result() if commit is not None else None
+        else:
+            error = await asyncio.wrap_future(commit)
         if error is not None:
             await asyncio.to_thread(self._discard, queue_id)
             raise error
@@ -256,7 +256,7 @@ class OutboundSpool:
                 self._fsync_dir(staging)
             os.rename(staging, self.root / queue_id)
             placed = True
-            commit = self._root_sync.request() if self.fsync else None
+            commit = self._root_sync.request(inline=True) if self.fsync else None
         except BaseException:
             shutil.rmtree(self.root / queue_id if placed else staging, ignore_errors=True)
             raise

@@ -210,6 +210,16 @@ class SmtpServerReader:
                 raw=line,
             )
         verb, _, arg = body.partition(b" ")
+        try:
+            text = arg.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            return BadCommandLine(
+                code=500,
+                enhanced="5.5.2",
+                text=f"command has a byte that is not UTF-8 at offset {len(verb) + 1 + exc.start} "
+                "(RFC 5321 §4.1.2, RFC 6531 §3.3)",
+                raw=line,
+            )
         if not _VERB.fullmatch(verb):
             return BadCommandLine(
                 code=500,
@@ -219,7 +229,7 @@ class SmtpServerReader:
             )
         return Command(
             verb=verb.decode("ascii").upper(),
-            arg=arg.decode("utf-8", errors="surrogateescape"),
+            arg=text,
             raw=line,
         )
 
@@ -231,7 +241,7 @@ class SmtpServerReader:
             end = -2
         else:
             end = buf.find(_END, max(0, self._scan - 4))
-        if end < 0:
+        if end == -1:
             self._scan = len(buf)
             if len(buf) > self.max_message_size + 5:
                 # over the limit: count it, keep only a tail that may start the end mark
