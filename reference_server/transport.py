@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 from collections.abc import Awaitable, Callable
+from typing import cast
 
 __all__ = ["Connection", "ConnectionTimeout"]
 
@@ -63,8 +64,8 @@ class Connection(asyncio.Protocol):
     # -- asyncio.Protocol ------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # other loops' transports (uvloop's) implement the interface without subclassing it
+        self.transport = cast(asyncio.Transport, transport)
         peer = transport.get_extra_info("peername")
         self.peer = (str(peer[0]), int(peer[1])) if peer else ("", 0)
         self.tls = transport.get_extra_info("sslcontext") is not None
@@ -161,7 +162,6 @@ class Connection(asyncio.Protocol):
         )
         if new is None:
             raise ConnectionError("TLS handshake did not complete")
-        assert isinstance(new, asyncio.Transport)
         self.transport = new
         self.tls = True
         return dropped

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import binascii
 import email.utils
+import functools
 import logging
 import re
 import time
@@ -45,8 +46,12 @@ _HELO_ARG = re.compile(
 )
 
 
+# Replies are immutable; most are the same few texts, so build each once.
+_reply = functools.lru_cache(maxsize=512)(Reply.build)
+
+
 def _ok(text: str = "OK", enhanced: str = "2.0.0") -> Reply:
-    return Reply.build(250, enhanced, text)
+    return _reply(250, enhanced, text)
 
 
 def _helo_name(cmd: Command) -> str | None:
@@ -58,9 +63,7 @@ async def ehlo(session: SmtpSession, cmd: Command) -> Reply:
     """RFC 5321 §4.1.1.1; the keyword list is what this listener offers right now."""
     name = _helo_name(cmd)
     if name is None:
-        return Reply.build(
-            501, "5.5.4", "EHLO needs a domain or address literal (RFC 5321 §4.1.1.1)"
-        )
+        return _reply(501, "5.5.4", "EHLO needs a domain or address literal (RFC 5321 §4.1.1.1)")
     session.helo, session.esmtp = name, True
     session.reset_transaction()
     limits = session.server.config.limits
@@ -77,74 +80,70 @@ async def ehlo(session: SmtpSession, cmd: Command) -> Reply:
     if session.listener.offers_auth and session.tls:
         lines.append("AUTH PLAIN LOGIN")
     lines.append("HELP")
-    return Reply.build(250, None, *lines)  # RFC 2034 §4: no enhanced codes on EHLO
+    return _reply(250, None, *lines)  # RFC 2034 §4: no enhanced codes on EHLO
 
 
 async def helo(session: SmtpSession, cmd: Command) -> Reply:
     name = _helo_name(cmd)
     if name is None:
-        return Reply.build(
-            501, "5.5.4", "HELO needs a domain or address literal (RFC 5321 §4.1.1.1)"
-        )
+        return _reply(501, "5.5.4", "HELO needs a domain or address literal (RFC 5321 §4.1.1.1)")
     session.helo, session.esmtp = name, False
     session.reset_transaction()
-    return Reply.build(250, None, session.server.config.hostname)
+    return _reply(250, None, session.server.config.hostname)
 
 
 async def starttls(session: SmtpSession, cmd: Command) -> Reply:
     if cmd.arg:
-        return Reply.build(501, "5.5.4", "STARTTLS takes no parameters (RFC 3207 §4)")
+        return _reply(501, "5.5.4", "STARTTLS takes no parameters (RFC 3207 §4)")
     if session.tls:
-        return Reply.build(503, "5.5.1", "TLS is already active (RFC 3207 §4.2)")
+        return _reply(503, "5.5.1", "TLS is already active (RFC 3207 §4.2)")
     if session.server.tls_context is None:
-        return Reply.build(502, "5.5.1", "STARTTLS is not offered here")
+        return _reply(502, "5.5.1", "STARTTLS is not offered here")
     session.after = After.START_TLS
-    return Reply.build(220, "2.0.0", "ready to start TLS")
+    return _reply(220, "2.0.0", "ready to start TLS")
 
 
 async def auth(session: SmtpSession, cmd: Command) -> Reply:
     """RFC 4954 §4: AUTH mechanism [initial-response]; PLAIN (RFC 4616) and LOGIN."""
     if not session.listener.offers_auth:
-        return Reply.build(502, "5.5.1", "AUTH is offered on the submission ports only")
+        return _reply(502, "5.5.1", "AUTH is offered on the submission ports only")
     if not session.tls:
-        return Reply.build(538, "5.7.11", "encryption required: use STARTTLS first (RFC 4954 §4)")
+        return _reply(538, "5.7.11", "encryption required: use STARTTLS first (RFC 4954 §4)")
     if session.user is not None:
-        return Reply.build(503, "5.5.1", "already authenticated (RFC 4954 §4)")
+        return _reply(503, "5.5.1", "already authenticated (RFC 4954 §4)")
     mech, _, initial = cmd.arg.partition(" ")
     mech = mech.upper()
     try:
         if mech == "PLAIN":
             token = initial or (await session.ask("") or b"").decode("ascii", "replace")
             if token == "*":
-                return Reply.build(501, "5.7.0", "authentication cancelled")
+                return _reply(501, "5.7.0", "authentication cancelled")
             authzid, username, password = decode_plain("" if token == "=" else token)
             if authzid and authzid != username:
-                return Reply.build(535, "5.7.8", "authorization identity must match (RFC 4616 §2)")
+                return _reply(535, "5.7.8", "authorization identity must match (RFC 4616 §2)")
         elif mech == "LOGIN":
             if initial:
                 username = decode_b64_text(initial)
             else:
                 line = await session.ask("VXNlcm5hbWU6")  # "Username:"
                 if line is None or line == b"*":
-                    return Reply.build(501, "5.7.0", "authentication cancelled")
+                    return _reply(501, "5.7.0", "authentication cancelled")
                 username = decode_b64_text(line.decode("ascii", "replace"))
             line = await session.ask("UGFzc3dvcmQ6")  # "Password:"
             if line is None or line == b"*":
-                return Reply.build(501, "5.7.0", "authentication cancelled")
+                return _reply(501, "5.7.0", "authentication cancelled")
             password = decode_b64_text(line.decode("ascii", "replace"))
         else:
-            return Reply.build(
-                504, "5.5.4", f"unrecognized authentication mechanism {mech or '(none)'}"
-            )
+            return _reply(504, "5.5.4", f"unrecognized authentication mechanism {mech or '(none)'}")
     except (ValueError, binascii.Error) as exc:
-        return Reply.build(501, "5.5.2", f"cannot decode the response: {exc}")
+        return _reply(501, "5.5.2", f"cannot decode the response: {exc}")
     account = await session.server.accounts.authenticate_async(username, password)
     if account is None:
         log.info("%s: AUTH %s failed for %r", session.session_id, mech, username)
         await asyncio.sleep(session.server.config.limits.auth_failure_delay)
-        return Reply.build(535, "5.7.8", "authentication credentials invalid")
+        return _reply(535, "5.7.8", "authentication credentials invalid")
     session.user = account
-    return Reply.build(235, "2.7.0", "authentication successful")
+    return _reply(235, "2.7.0", "authentication successful")
 
 
 def _check_params(
@@ -152,7 +151,7 @@ def _check_params(
 ) -> Reply | None:
     for key in params:
         if key not in allowed:
-            return Reply.build(555, "5.5.4", f"parameter {key} not recognized")
+            return _reply(555, "5.5.4", f"parameter {key} not recognized")
     return None
 
 
@@ -161,7 +160,7 @@ async def mail(session: SmtpSession, cmd: Command) -> Reply:
         args = parse_mail_from(cmd.arg)
     except RemoteProtocolError as exc:
         code, _, enhanced = (exc.reply_hint or "501 5.5.4").partition(" ")
-        return Reply.build(int(code), enhanced or None, str(exc))
+        return _reply(int(code), enhanced or None, str(exc))
     allowed = {"SIZE", "BODY", "SMTPUTF8", "AUTH"} if session.esmtp else set()
     bad = _check_params(session, args.params, allowed)
     if bad is not None:
@@ -170,26 +169,26 @@ async def mail(session: SmtpSession, cmd: Command) -> Reply:
     size = args.params.get("SIZE")
     if size is not None:
         if not size.isdigit():
-            return Reply.build(501, "5.5.4", "SIZE needs a number (RFC 1870 §3)")
+            return _reply(501, "5.5.4", "SIZE needs a number (RFC 1870 §3)")
         if int(size) > limits.max_message_size:
-            return Reply.build(
+            return _reply(
                 552, "5.3.4", f"message size exceeds fixed limit of {limits.max_message_size}"
             )
     body = args.params.get("BODY")
     if body is not None and body.upper() not in ("7BIT", "8BITMIME"):
-        return Reply.build(501, "5.5.4", "BODY must be 7BIT or 8BITMIME (RFC 6152 §3)")
+        return _reply(501, "5.5.4", "BODY must be 7BIT or 8BITMIME (RFC 6152 §3)")
     utf8 = "SMTPUTF8" in args.params
     if not utf8 and not args.address.isascii():
-        return Reply.build(
+        return _reply(
             553, "5.6.7", "non-ASCII address needs the SMTPUTF8 parameter (RFC 6531 §3.4)"
         )
     if session.listener.requires_auth:
         if session.user is None:
-            return Reply.build(530, "5.7.0", "authentication required (RFC 4954 §6)")
+            return _reply(530, "5.7.0", "authentication required (RFC 4954 §6)")
         owned = {a.lower() for a in session.user.addresses}
         # RFC 6409 §3.2: the null path (MDNs, RFC 8098) is not refused for being null
         if args.address and args.address.lower() not in owned:
-            return Reply.build(553, "5.7.1", f"sender <{args.address}> is not yours to use")
+            return _reply(553, "5.7.1", f"sender <{args.address}> is not yours to use")
     session.reset_transaction()
     session.envelope.sender = args.address
     session.envelope.declared_size = int(size) if size else None
@@ -202,15 +201,15 @@ async def rcpt(session: SmtpSession, cmd: Command) -> Reply:
         args = parse_rcpt_to(cmd.arg)
     except RemoteProtocolError as exc:
         code, _, enhanced = (exc.reply_hint or "501 5.5.4").partition(" ")
-        return Reply.build(int(code), enhanced or None, str(exc))
+        return _reply(int(code), enhanced or None, str(exc))
     bad = _check_params(session, args.params, set())
     if bad is not None:
         return bad
     env = session.envelope
     if not env.utf8 and not args.address.isascii():
-        return Reply.build(553, "5.6.7", "non-ASCII address needs SMTPUTF8 on MAIL (RFC 6531 §3.4)")
+        return _reply(553, "5.6.7", "non-ASCII address needs SMTPUTF8 on MAIL (RFC 6531 §3.4)")
     if len(env.recipients) >= session.server.config.limits.max_recipients:
-        return Reply.build(452, "4.5.3", "too many recipients (RFC 5321 §4.5.3.1.8)")
+        return _reply(452, "4.5.3", "too many recipients (RFC 5321 §4.5.3.1.8)")
     address = args.address
     config = session.server.config
     domain = address.rpartition("@")[2].lower() if "@" in address else None
@@ -222,20 +221,20 @@ async def rcpt(session: SmtpSession, cmd: Command) -> Reply:
     if domain in config.domains:
         owner = session.server.accounts.owner_of(address)
         if owner is None:
-            return Reply.build(550, "5.1.1", f"no mailbox here by that name: <{address}>")
+            return _reply(550, "5.1.1", f"no mailbox here by that name: <{address}>")
         env.local[address] = owner.username
         return _ok("recipient OK", "2.1.5")
     if session.user is None:
-        return Reply.build(550, "5.7.1", f"relaying denied: <{address}> is not local")
+        return _reply(550, "5.7.1", f"relaying denied: <{address}> is not local")
     env.remote.append(address)
     return _ok("recipient OK, will relay", "2.1.5")
 
 
 async def data(session: SmtpSession, cmd: Command) -> Reply:
     if cmd.arg:
-        return Reply.build(501, "5.5.4", "DATA takes no parameters (RFC 5321 §4.1.1.4)")
+        return _reply(501, "5.5.4", "DATA takes no parameters (RFC 5321 §4.1.1.4)")
     session.after = After.READ_DATA
-    return Reply.build(354, None, "end data with <CR><LF>.<CR><LF>")
+    return _reply(354, None, "end data with <CR><LF>.<CR><LF>")
 
 
 async def rset(session: SmtpSession, cmd: Command) -> Reply:
@@ -249,31 +248,29 @@ async def noop(session: SmtpSession, cmd: Command) -> Reply:
 
 async def vrfy(session: SmtpSession, cmd: Command) -> Reply:
     # RFC 5321 §3.5.3: 252 when we will not confirm; no user enumeration
-    return Reply.build(
-        252, "2.5.0", "cannot VRFY user, but will accept message for local recipients"
-    )
+    return _reply(252, "2.5.0", "cannot VRFY user, but will accept message for local recipients")
 
 
 async def expn(session: SmtpSession, cmd: Command) -> Reply:
-    return Reply.build(502, "5.5.1", "EXPN is not offered (RFC 5321 §3.5.2)")
+    return _reply(502, "5.5.1", "EXPN is not offered (RFC 5321 §3.5.2)")
 
 
 async def help_(session: SmtpSession, cmd: Command) -> Reply:
     verbs = " ".join(sorted(HANDLERS))
-    return Reply.build(214, "2.0.0", f"commands: {verbs}", "see RFC 5321")
+    return _reply(214, "2.0.0", f"commands: {verbs}", "see RFC 5321")
 
 
 async def quit_(session: SmtpSession, cmd: Command) -> Reply:
     session.after = After.CLOSE
-    return Reply.build(221, "2.0.0", f"{session.server.config.hostname} closing connection")
+    return _reply(221, "2.0.0", f"{session.server.config.hostname} closing connection")
 
 
 def unknown_command(session: SmtpSession, cmd: Command) -> Reply:
-    return Reply.build(500, "5.5.2", f"command {cmd.verb} unrecognized")
+    return _reply(500, "5.5.2", f"command {cmd.verb} unrecognized")
 
 
 def data_rejected(session: SmtpSession, event: DataRejected) -> Reply:
-    return Reply.build(event.code, event.enhanced, event.text)
+    return _reply(event.code, event.enhanced, event.text)
 
 
 def _has_header(head: bytes, name: bytes) -> bool:
@@ -301,7 +298,7 @@ async def message_received(session: SmtpSession, event: MessageData) -> Reply:
         await asyncio.wait_for(_store(session, message), server.config.limits.timeouts.data_end)
     except (OSError, TimeoutError) as exc:
         log.error("%s: could not store message: %s", session.session_id, exc or "timed out")
-        return Reply.build(451, "4.3.0", "could not store the message; try again later")
+        return _reply(451, "4.3.0", "could not store the message; try again later")
     return _ok(f"message accepted as {session.session_id}", "2.6.0")
 
 

@@ -171,7 +171,8 @@ class SmtpSession:
         if faults.drop("CONNECT"):
             self.conn.abort()
             raise Hangup
-        await faults.delay("CONNECT")
+        if faults:
+            await faults.delay("CONNECT")
         self.send(_greeting(self.server.config.hostname))
         while True:
             event = self.reader.next_event()
@@ -191,7 +192,7 @@ class SmtpSession:
                     await self.flush()  # earlier answers still go out; this one never does
                     self.conn.abort()
                     raise Hangup
-                injected = await faults.apply(verb)
+                injected = await faults.apply(verb) if faults else None
                 handler = HANDLERS.get(verb)
                 if injected is not None:
                     reply = injected
@@ -204,7 +205,7 @@ class SmtpSession:
                     if reply.code < 400:
                         self.state = next_state(self.state, verb, greeted=self.greeted)
             elif isinstance(event, MessageData):
-                injected = await faults.apply("DATA_END")
+                injected = await faults.apply("DATA_END") if faults else None
                 reply = injected if injected is not None else await message_received(self, event)
                 self.state = SmtpState.READY
                 self.reset_transaction()
