@@ -15,6 +15,7 @@ import logging
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import click
@@ -97,6 +98,93 @@ def validate(paths: tuple[Path, ...]) -> None:
     click.echo(f"{len(scenarios)} scenario(s) OK")
 
 
+def run_options(func: Callable[..., None]) -> Callable[..., None]:
+    """The options ``run`` and ``check`` share: reports, selection, concurrency, TLS, output."""
+    options = [
+        click.option(
+            "--junit", type=click.Path(path_type=Path, dir_okay=False), help="Write JUnit XML here."
+        ),
+        click.option(
+            "--json",
+            "json_file",
+            type=click.Path(path_type=Path, dir_okay=False),
+            help="Write the full results (with transcripts) as JSON here.",
+        ),
+        click.option(
+            "-k",
+            "patterns",
+            multiple=True,
+            metavar="PATTERN",
+            help="Run only scenarios whose id or tag matches (glob or substring; "
+            "!PATTERN excludes). Repeatable.",
+        ),
+        click.option(
+            "-j",
+            "--jobs",
+            type=click.IntRange(1, 512),
+            default=8,
+            show_default=True,
+            help="Scenarios run at once.",
+        ),
+        click.option(
+            "--timeout",
+            type=click.FloatRange(min=0.1),
+            default=None,
+            help="Seconds one scenario may take (default: the scenario's own, else 60).",
+        ),
+        click.option(
+            "--ca-file",
+            type=click.Path(path_type=Path, dir_okay=False, exists=True),
+            help="Trust this CA for TLS (overrides the target file).",
+        ),
+        click.option("--insecure", is_flag=True, help="Do not verify TLS certificates."),
+        click.option(
+            "-v", "--verbose", is_flag=True, help="Show every result and whole transcripts."
+        ),
+        click.option(
+            "--progress/--no-progress", default=None, help="Progress bar (default: on a terminal)."
+        ),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def _prepare(
+    target_file: Path,
+    roots: list[Path],
+    patterns: tuple[str, ...],
+    *,
+    ca_file: Path | None,
+    insecure: bool,
+    require_services: bool,
+) -> tuple[Target, list[Scenario]]:
+    """Load the target and the scenarios, select with ``-k``; exit 2 on any input error.
+
+    ``require_services``: a chosen scenario naming a service the target lacks is
+    an input error (``run``); otherwise it is reported not applicable (``check``).
+    """
+    try:
+        target = load_target(target_file).with_tls(insecure=insecure, ca_file=ca_file)
+    except LoadError as exc:
+        _fail_input([exc])
+    try:
+        scenarios = load_paths(roots, accounts=set(target.accounts))
+    except LoadErrors as exc:
+        _fail_input(exc.errors)
+    chosen = select(scenarios, patterns)
+    if not chosen:
+        click.echo(
+            f"no scenario matches {' '.join(patterns)} (of {len(scenarios)} loaded)", err=True
+        )
+        sys.exit(EXIT_USAGE)
+    if require_services:
+        service_errors = check_against_target(chosen, target)
+        if service_errors:
+            _fail_input(service_errors)
+    return target, chosen
+
+
 @main.command()
 @click.argument("paths", nargs=-1, type=click.Path(path_type=Path))
 @click.option(
@@ -106,47 +194,7 @@ def validate(paths: tuple[Path, ...]) -> None:
     required=True,
     help="Target file: hosts, ports, TLS and accounts of the server under test.",
 )
-@click.option(
-    "--junit", type=click.Path(path_type=Path, dir_okay=False), help="Write JUnit XML here."
-)
-@click.option(
-    "--json",
-    "json_file",
-    type=click.Path(path_type=Path, dir_okay=False),
-    help="Write the full results (with transcripts) as JSON here.",
-)
-@click.option(
-    "-k",
-    "patterns",
-    multiple=True,
-    metavar="PATTERN",
-    help="Run only scenarios whose id or tag matches (glob or substring; "
-    "!PATTERN excludes). Repeatable.",
-)
-@click.option(
-    "-j",
-    "--jobs",
-    type=click.IntRange(1, 512),
-    default=8,
-    show_default=True,
-    help="Scenarios run at once.",
-)
-@click.option(
-    "--timeout",
-    type=click.FloatRange(min=0.1),
-    default=None,
-    help="Seconds one scenario may take (default: the scenario's own, else 60).",
-)
-@click.option(
-    "--ca-file",
-    type=click.Path(path_type=Path, dir_okay=False, exists=True),
-    help="Trust this CA for TLS (overrides the target file).",
-)
-@click.option("--insecure", is_flag=True, help="Do not verify TLS certificates.")
-@click.option("-v", "--verbose", is_flag=True, help="Show every result and whole transcripts.")
-@click.option(
-    "--progress/--no-progress", default=None, help="Progress bar (default: on a terminal)."
-)
+@run_options
 def run(
     paths: tuple[Path, ...],
     target_file: Path,
@@ -161,23 +209,14 @@ def run(
     progress: bool | None,
 ) -> None:
     """Run scenarios against a target server."""
-    try:
-        target = load_target(target_file).with_tls(insecure=insecure, ca_file=ca_file)
-    except LoadError as exc:
-        _fail_input([exc])
-    try:
-        scenarios = load_paths(_default_paths(paths), accounts=set(target.accounts))
-    except LoadErrors as exc:
-        _fail_input(exc.errors)
-    chosen = select(scenarios, patterns)
-    if not chosen:
-        click.echo(
-            f"no scenario matches {' '.join(patterns)} (of {len(scenarios)} loaded)", err=True
-        )
-        sys.exit(EXIT_USAGE)
-    service_errors = check_against_target(chosen, target)
-    if service_errors:
-        _fail_input(service_errors)
+    target, chosen = _prepare(
+        target_file,
+        _default_paths(paths),
+        patterns,
+        ca_file=ca_file,
+        insecure=insecure,
+        require_services=True,
+    )
     sys.exit(
         execute(
             chosen,
@@ -254,30 +293,7 @@ SHIPPED_SCENARIOS = Path(__file__).resolve().parent.parent / "scenarios"
     type=click.Path(path_type=Path, dir_okay=False),
     help="Check this server instead of the embedded reference server.",
 )
-@click.option(
-    "--junit", type=click.Path(path_type=Path, dir_okay=False), help="Write JUnit XML here."
-)
-@click.option(
-    "--json",
-    "json_file",
-    type=click.Path(path_type=Path, dir_okay=False),
-    help="Write the full results (with transcripts) as JSON here.",
-)
-@click.option(
-    "-k",
-    "patterns",
-    multiple=True,
-    metavar="PATTERN",
-    help="Only scenarios whose id or tag matches (see `run`).",
-)
-@click.option("-j", "--jobs", type=click.IntRange(1, 512), default=8, show_default=True)
-@click.option(
-    "--timeout", type=click.FloatRange(min=0.1), default=None, help="Seconds one scenario may take."
-)
-@click.option("--ca-file", type=click.Path(path_type=Path, dir_okay=False, exists=True))
-@click.option("--insecure", is_flag=True, help="Do not verify TLS certificates.")
-@click.option("-v", "--verbose", is_flag=True, help="Show every result and whole transcripts.")
-@click.option("--progress/--no-progress", default=None)
+@run_options
 def check(
     paths: tuple[Path, ...],
     target_file: Path | None,
@@ -305,18 +321,14 @@ def check(
             embedded, target_file = _start_embedded(Path(tmp))
             click.echo(f"embedded reference server: {_listeners(embedded)}", err=True)
         try:
-            try:
-                target = load_target(target_file).with_tls(insecure=insecure, ca_file=ca_file)
-            except LoadError as exc:
-                _fail_input([exc])
-            try:
-                scenarios = load_paths(roots, accounts=set(target.accounts))
-            except LoadErrors as exc:
-                _fail_input(exc.errors)
-            chosen = select(scenarios, patterns)
-            if not chosen:
-                click.echo(f"no scenario matches {' '.join(patterns)}", err=True)
-                sys.exit(EXIT_USAGE)
+            target, chosen = _prepare(
+                target_file,
+                roots,
+                patterns,
+                ca_file=ca_file,
+                insecure=insecure,
+                require_services=False,
+            )
             code = execute(
                 chosen,
                 target,

@@ -173,7 +173,7 @@ class SmtpServerReader:
             line = bytes(buf[: end + 1])
             del buf[: end + 1]
             self._scan = 0
-            if self._draining:
+            if self._draining or len(line) > self.max_command_line:
                 self._draining = False
                 return BadCommandLine(
                     code=500,
@@ -185,14 +185,6 @@ class SmtpServerReader:
             return self._parse_command(line)
 
     def _parse_command(self, line: bytes) -> Command | BadCommandLine:
-        if len(line) > self.max_command_line:
-            return BadCommandLine(
-                code=500,
-                enhanced="5.5.2",
-                text=f"line too long (the limit is {self.max_command_line} octets, "
-                "RFC 5321 §4.5.3.1.4)",
-                raw=line,
-            )
         if not line.endswith(b"\r\n"):
             return BadCommandLine(
                 code=500,
