@@ -59,6 +59,9 @@ _ENHANCED = re.compile(r"([245]\.[0-9]{1,3}\.[0-9]{1,3})(?: |$)")
 _EHLO_LINE = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]*(?: [\x21-\x7e]+)*", re.ASCII)
 
 
+_TEXT_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+
+
 def _code_is_valid(code: int) -> bool:
     text = b"%d" % code
     return len(text) == 3 and text[0] in _FIRST_DIGITS and text[1] in _SECOND_DIGITS
@@ -105,18 +108,35 @@ class Reply:
     def build(cls, code: int, enhanced: str | None, *texts: str) -> Reply:
         """A reply to send: ``enhanced`` (RFC 2034 §4: on every line) then each text.
 
+        No text gives a bare ``250`` line. Text follows RFC 5321 §4.2
+        ``textstring`` (HT and printable characters; RFC 6531 adds UTF-8).
+
         Raises:
-            LocalProtocolError: invalid code or enhanced code, no text, or CR/LF in a text.
+            LocalProtocolError: invalid code or enhanced code, or a control
+                character (other than HT) in a text.
         """
         if not texts:
             texts = ("",)
-        if any("\r" in t or "\n" in t for t in texts):
-            raise LocalProtocolError("reply text cannot contain CR or LF", rfc_ref=_GRAMMAR)
+        for t in texts:
+            bad = _TEXT_CONTROL.search(t)
+            if bad and bad.group() in "\r\n":
+                raise LocalProtocolError(
+                    "reply text cannot contain CR or LF (it would start another reply line)",
+                    rfc_ref=_GRAMMAR,
+                )
+            if bad:
+                raise LocalProtocolError(
+                    f"reply text cannot contain {bad.group()!r}: textstring is HT and "
+                    "printable characters",
+                    rfc_ref=_GRAMMAR,
+                )
         prefix = f"{enhanced} " if enhanced else ""
         lines = tuple(f"{prefix}{t}".rstrip(" ") for t in texts)
         last = len(lines) - 1
+        # Reply-line: *( Reply-code "-" [ textstring ] CRLF ) Reply-code [ SP textstring ] CRLF
         raw = "".join(
-            f"{code}{'-' if i < last else ' '}{line}\r\n" for i, line in enumerate(lines)
+            f"{code}-{line}\r\n" if i < last else (f"{code} {line}\r\n" if line else f"{code}\r\n")
+            for i, line in enumerate(lines)
         ).encode("utf-8")
         return cls(code=code, lines=lines, enhanced=enhanced, raw=raw)
 

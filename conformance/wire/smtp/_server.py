@@ -49,7 +49,9 @@ __all__ = [
 #: RFC 4954 §4: "the AUTH command ... line length ... 12288 octets".
 AUTH_LINE_LIMIT = 12288
 _END = b"\r\n.\r\n"
-_BARE_EOL = re.compile(rb"(?<!\r)\n|\r(?!\n)")
+# a bare LF or CR, or NUL (RFC 5322 §3.5 text excludes it; a receiver that drops NUL
+# would see CRLF NUL "." CRLF as the end of data)
+_BARE_EOL = re.compile(rb"(?<!\r)\n|\r(?!\n)|\x00")
 _VERB = re.compile(rb"[A-Za-z][A-Za-z0-9]{0,19}")
 
 
@@ -259,8 +261,8 @@ class SmtpServerReader:
             return DataRejected(
                 code=554,
                 enhanced="5.6.0",
-                text="message contains a bare CR or LF; lines must end with CRLF "
-                "(RFC 5321 §2.3.8); see docs/decisions.md on SMTP smuggling",
+                text="message contains a bare CR, bare LF or NUL; lines must end with CRLF "
+                "(RFC 5321 §2.3.8, RFC 5322 §3.5); see docs/decisions.md on SMTP smuggling",
                 size=size,
             )
         if body.startswith(b"."):
