@@ -41,12 +41,10 @@ class Connection(asyncio.Protocol):
         self,
         handler: Callable[[Connection], Awaitable[None]],
         *,
-        tls_context: ssl.SSLContext | None = None,
         high_water: int = 1 << 20,
         on_close: Callable[[Connection], None] | None = None,
     ) -> None:
         self._handler = handler
-        self._implicit_tls = tls_context
         self._high_water = high_water
         self._on_close = on_close
         self.transport: asyncio.Transport | None = None
