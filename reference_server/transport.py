@@ -34,7 +34,7 @@ def _expire(waiter: asyncio.Future[object]) -> None:
         waiter.set_result(_TIMED_OUT)
 
 
-class Connection(asyncio.Protocol):
+class Connection(asyncio.BufferedProtocol):
     """One accepted connection; ``handler(conn)`` runs as its session task."""
 
     def __init__(
@@ -51,6 +51,7 @@ class Connection(asyncio.Protocol):
         self.peer: tuple[str, int] = ("", 0)
         self.tls = False
         self._inbox = bytearray()
+        self._rbuf = memoryview(bytearray(65536))
         self._eof = False
         self._lost = False
         self._paused = False
@@ -68,6 +69,14 @@ class Connection(asyncio.Protocol):
         self.peer = (str(peer[0]), int(peer[1])) if peer else ("", 0)
         self.tls = transport.get_extra_info("sslcontext") is not None
         self.task = asyncio.get_running_loop().create_task(self._run())
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        # one preallocated buffer per connection: asyncio's default reading
+        # allocates (and maps) 256 KiB for every recv
+        return self._rbuf
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.data_received(bytes(self._rbuf[:nbytes]))
 
     def data_received(self, data: bytes) -> None:
         self._inbox += data
