@@ -123,7 +123,7 @@ def dot_stuff(text: str) -> bytes:
     return out + b".\r\n"
 
 
-def _positive(protocol: Protocol, resp: object) -> bool:
+def _positive(resp: object) -> bool:
     if isinstance(resp, Reply):
         return 200 <= resp.code < 400
     if isinstance(resp, Pop3Response):
@@ -267,13 +267,13 @@ class Runner:
         caps: set[str] = set()
         try:
             greeting = await session.read_greeting(timeout)
-            if not _positive(protocol, greeting):
+            if not _positive(greeting):
                 raise StepFailure(f"greeting was not positive: {_show(greeting)}")
             caps |= session.capabilities
             caps |= await self._ask_caps(session, timeout)
             if svc.tls is TlsMode.STARTTLS and caps & {"STARTTLS", "STLS"}:
-                resp = await _starttls_command(session, timeout)
-                if _positive(protocol, resp):
+                resp = await session.starttls_command(timeout)
+                if _positive(resp):
                     await session.start_tls()
                     caps |= await self._ask_caps(session, timeout)
         finally:
@@ -386,7 +386,7 @@ class Runner:
                 await self._expect(ex, session, step, timeout, greeting=True)
                 return
             greeting = await session.read_greeting(timeout)
-            if not _positive(conn.protocol, greeting):
+            if not _positive(greeting):
                 raise StepFailure(f"greeting on {conn.name!r} was not positive: {_show(greeting)}")
         action = step.action
         if isinstance(action, Send):
@@ -402,9 +402,9 @@ class Runner:
         elif isinstance(action, Data):
             await session.channel.send(dot_stuff(action.body.render(ex.values)))
         elif isinstance(action, StartTls):
-            resp = await _starttls_command(session, timeout)
+            resp = await session.starttls_command(timeout)
             self._judge(ex, step, resp, default_ok=True)
-            if _positive(conn.protocol, resp):
+            if _positive(resp):
                 await session.start_tls()
             return
         elif isinstance(action, TlsHandshake):
@@ -479,11 +479,7 @@ class Runner:
         if step.expect is not None:
             problems = check(step.expect, resp, ex.values)
         elif default_ok:
-            problems = (
-                []
-                if _positive(ex.scenario.connections[step.conn].protocol, resp)
-                else [f"expected success, got {_show(resp)}"]
-            )
+            problems = [] if _positive(resp) else [f"expected success, got {_show(resp)}"]
         else:
             problems = (
                 ["expected a response, but the server closed the connection"]
@@ -554,15 +550,6 @@ class Runner:
             raise SetupFailed(f"setup delivery via {d.via!r} failed: {exc}") from None
         finally:
             await channel.close()
-
-
-async def _starttls_command(session: Session, timeout: float) -> object:
-    if isinstance(session, SmtpSession):
-        return await session.command("STARTTLS", timeout)
-    if isinstance(session, Pop3Session):
-        return await session.command("STLS", timeout)
-    assert isinstance(session, ImapSession)
-    return await session.command("STARTTLS", timeout)
 
 
 def _guess_protocol(service: str, port: int) -> Protocol:

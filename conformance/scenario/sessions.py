@@ -171,6 +171,10 @@ class Session:
     async def read_greeting(self, timeout: float) -> Response:
         raise NotImplementedError
 
+    async def starttls_command(self, timeout: float) -> Response:
+        """Ask for TLS: STARTTLS (SMTP, IMAP) or STLS (POP3); returns the answer."""
+        raise NotImplementedError
+
 
 class SmtpSession(Session):
     protocol = Protocol.SMTP

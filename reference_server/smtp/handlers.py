@@ -191,7 +191,6 @@ async def mail(session: SmtpSession, cmd: Command) -> Reply:
             return _reply(553, "5.7.1", f"sender <{args.address}> is not yours to use")
     session.reset_transaction()
     session.envelope.sender = args.address
-    session.envelope.declared_size = int(size) if size else None
     session.envelope.utf8 = utf8
     return _ok("sender OK", "2.1.0")
 

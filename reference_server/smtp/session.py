@@ -68,7 +68,6 @@ class Envelope:
     sender: str | None = None
     local: dict[str, str] = field(default_factory=dict)  # address -> mailbox user
     remote: list[str] = field(default_factory=list)  # addresses for the outbound spool
-    declared_size: int | None = None
     utf8: bool = False
 
     @property
