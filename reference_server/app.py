@@ -10,16 +10,17 @@ from collections.abc import Callable
 from pathlib import Path
 
 from .auth import Accounts
-from .config import ServerConfig
+from .config import POP3_KINDS, SMTP_KINDS, ServerConfig
+from .listener import Listener
+from .pop3.server import Pop3Listener
 from .smtp.server import SmtpListener
 from .storage import MaildirStore, OutboundSpool
+from .throttle import FailureThrottle
 from .tls import resolve_tls_files, server_context
 
 __all__ = ["MailServer", "serve_until_signal"]
 
 log = logging.getLogger("reference_server")
-
-SMTP_KINDS = ("mx", "submission", "submissions")
 
 
 class MailServer:
@@ -34,11 +35,18 @@ class MailServer:
         self.tls_context = self._tls_context()
         self.stopping = False
         self.active_sessions = 0
-        self.listeners = [
-            SmtpListener(self, name, lst.kind, lst.tls, lst.host, lst.port)
-            for name, lst in config.listeners.items()
-            if lst.kind in SMTP_KINDS
-        ]
+        self.auth_throttle = FailureThrottle(config.limits.auth_failure_delay)
+        self.pop3_logins: dict[str, float] = {}  # user -> time of the last login (LOGIN-DELAY)
+        self.listeners: list[Listener] = []
+        for name, lst in config.listeners.items():
+            if lst.kind in SMTP_KINDS:
+                self.listeners.append(
+                    SmtpListener(self, name, lst.kind, lst.tls, lst.host, lst.port)
+                )
+            elif lst.kind in POP3_KINDS:
+                self.listeners.append(
+                    Pop3Listener(self, name, lst.kind, lst.tls, lst.host, lst.port)
+                )
         self.bound: dict[str, tuple[str, int]] = {}
 
     def _tls_context(self) -> ssl.SSLContext | None:

@@ -39,6 +39,7 @@ __all__ = [
     "LineLimits",
     "ListenerConfig",
     "ListenerKind",
+    "Pop3Settings",
     "ServerConfig",
     "Timeouts",
     "TlsConfig",
@@ -71,6 +72,12 @@ class ListenerKind(StrEnum):
     MX = "mx"  # SMTP relay (RFC 5321): mail for the local domains only
     SUBMISSION = "submission"  # message submission (RFC 6409), STARTTLS then AUTH
     SUBMISSIONS = "submissions"  # submission over implicit TLS (RFC 8314 §3.3)
+    POP3 = "pop3"  # POP3 (RFC 1939), STLS offered (RFC 2595)
+    POP3S = "pop3s"  # POP3 over implicit TLS (RFC 8314 §3.3)
+
+
+SMTP_KINDS: Final = frozenset({ListenerKind.MX, ListenerKind.SUBMISSION, ListenerKind.SUBMISSIONS})
+POP3_KINDS: Final = frozenset({ListenerKind.POP3, ListenerKind.POP3S})
 
 
 class TlsMode(StrEnum):
@@ -85,11 +92,15 @@ _DEFAULT_PORT: Final[Mapping[ListenerKind, int]] = {
     ListenerKind.MX: 25,
     ListenerKind.SUBMISSION: 587,  # RFC 6409 §3.1
     ListenerKind.SUBMISSIONS: 465,  # RFC 8314 §7.3
+    ListenerKind.POP3: 110,  # RFC 1939 §3
+    ListenerKind.POP3S: 995,  # RFC 8314 §7.3
 }
 _DEFAULT_TLS: Final[Mapping[ListenerKind, TlsMode]] = {
     ListenerKind.MX: TlsMode.STARTTLS,
     ListenerKind.SUBMISSION: TlsMode.STARTTLS,
     ListenerKind.SUBMISSIONS: TlsMode.IMPLICIT,
+    ListenerKind.POP3: TlsMode.STARTTLS,
+    ListenerKind.POP3S: TlsMode.IMPLICIT,
 }
 
 
@@ -150,6 +161,21 @@ class Limits:
     timeouts: Timeouts = field(default_factory=Timeouts)
 
 
+# RFC 1939 §3: "If a server has an inactivity autologout timer, that timer MUST be
+# of at least 10 minutes' duration."
+POP3_MIN_AUTOLOGOUT: Final = 600.0
+
+
+@dataclass(frozen=True, kw_only=True)
+class Pop3Settings:
+    """How the POP3 listeners behave (docs/reference-server.md, section POP3)."""
+
+    autologout: float = POP3_MIN_AUTOLOGOUT  # seconds without a command, then close (no UPDATE)
+    plaintext_auth: bool = False  # USER/PASS and AUTH before STLS on a cleartext listener
+    login_delay: int | None = None  # seconds between logins of one user (RFC 2449 §6.5)
+    max_auth_failures: int = 5  # failed logins in one session before it is closed
+
+
 @dataclass(frozen=True, kw_only=True)
 class FaultRule:
     """Fault injection for one listener (or ``*``) and one command (or ``*``).
@@ -194,6 +220,7 @@ class ServerConfig:
     tls: TlsConfig
     listeners: Mapping[str, ListenerConfig]
     limits: Limits = field(default_factory=Limits)
+    pop3: Pop3Settings = field(default_factory=Pop3Settings)
     faults: tuple[FaultRule, ...] = ()
     source: Path | None = None
 
@@ -403,6 +430,7 @@ _TOP_KEYS: Final = (
     "tls",
     "listeners",
     "limits",
+    "pop3",
     "faults",
 )
 _DEFAULT_LISTENERS: Final[Mapping[str, Mapping[str, object]]] = {
@@ -461,6 +489,7 @@ def load_config(path: str | Path) -> ServerConfig:
     listeners = _listeners(r, top.get("listeners", _DEFAULT_LISTENERS))
     tls = _tls(r, top.get("tls"), listeners)
     limits = _limits(r, top.get("limits"))
+    pop3 = _pop3(r, top.get("pop3"), listeners)
     faults = _faults(r, top.get("faults"), listeners)
     return ServerConfig(
         hostname=hostname,
@@ -471,6 +500,7 @@ def load_config(path: str | Path) -> ServerConfig:
         tls=tls,
         listeners=listeners,
         limits=limits,
+        pop3=pop3,
         faults=faults,
         source=path.absolute(),
     )
@@ -505,8 +535,8 @@ def _listeners(r: _Reader, value: object) -> dict[str, ListenerConfig]:
         tls = TlsMode(
             r.choice(spec.get("tls", _DEFAULT_TLS[kind].value), f"{key}.tls", "TLS mode", tls_modes)
         )
-        if kind is ListenerKind.SUBMISSIONS and tls is not TlsMode.IMPLICIT:
-            r.fail(f"{key}.tls", f"a submissions listener uses implicit TLS (RFC 8314), got {tls}")
+        if kind in (ListenerKind.SUBMISSIONS, ListenerKind.POP3S) and tls is not TlsMode.IMPLICIT:
+            r.fail(f"{key}.tls", f"a {kind} listener uses implicit TLS (RFC 8314), got {tls}")
         if kind is ListenerKind.SUBMISSION and tls is TlsMode.NONE:
             r.fail(
                 f"{key}.tls",
@@ -610,6 +640,40 @@ def _limits(r: _Reader, value: object) -> Limits:
         ),
         timeouts=timeouts,
     )
+
+
+def _pop3(r: _Reader, value: object, listeners: Mapping[str, ListenerConfig]) -> Pop3Settings:
+    spec = r.section(
+        value, "pop3", ("autologout", "plaintext_auth", "login_delay", "max_auth_failures")
+    )
+    d = Pop3Settings()
+    autologout = r.positive(spec.get("autologout", d.autologout), "pop3.autologout")
+    if autologout < POP3_MIN_AUTOLOGOUT:
+        r.fail(
+            "pop3.autologout",
+            f"expected at least {POP3_MIN_AUTOLOGOUT:g} seconds (RFC 1939 §3: an autologout "
+            f"timer MUST be of at least 10 minutes), got {autologout:g}",
+        )
+    delay = spec.get("login_delay")
+    settings = Pop3Settings(
+        autologout=autologout,
+        plaintext_auth=r.boolean(
+            spec.get("plaintext_auth", d.plaintext_auth), "pop3.plaintext_auth"
+        ),
+        login_delay=None if delay is None else r.integer(delay, "pop3.login_delay", 1),
+        max_auth_failures=r.integer(
+            spec.get("max_auth_failures", d.max_auth_failures), "pop3.max_auth_failures", 1
+        ),
+    )
+    if not settings.plaintext_auth:
+        for lst in listeners.values():
+            if lst.kind is ListenerKind.POP3 and lst.tls is TlsMode.NONE:
+                r.fail(
+                    f"listeners.{lst.name}.tls",
+                    "a pop3 listener with tls: none needs pop3.plaintext_auth: true, "
+                    "or nobody can log in; use tls: starttls (STLS, RFC 2595)",
+                )
+    return settings
 
 
 def _faults(

@@ -37,7 +37,7 @@ DEV_ACCOUNTS = ("alice", "bob")
 def dev_config(base_dir: Path, *, host: str = "127.0.0.1") -> tuple[ServerConfig, dict[str, str]]:
     """Write a complete development setup into ``base_dir`` and load it.
 
-    Listeners ``mx``, ``submission`` and ``submissions`` listen on ``host``,
+    Listeners ``mx``, ``submission``, ``submissions``, ``pop3`` and ``pop3s`` listen on ``host``,
     port 0 (any free port). Each call makes new random passwords; the
     certificates are reused while they fit (see
     :func:`reference_server.tls.generate_dev_certificates`).
@@ -76,6 +76,8 @@ def dev_config(base_dir: Path, *, host: str = "127.0.0.1") -> tuple[ServerConfig
         "mx": {"kind": "mx", "host": host, "port": 0, "tls": "starttls"},
         "submission": {"kind": "submission", "host": host, "port": 0, "tls": "starttls"},
         "submissions": {"kind": "submissions", "host": host, "port": 0, "tls": "implicit"},
+        "pop3": {"kind": "pop3", "host": host, "port": 0, "tls": "starttls"},
+        "pop3s": {"kind": "pop3s", "host": host, "port": 0, "tls": "implicit"},
     }
     server = {
         "hostname": DEV_HOSTNAME,

@@ -11,6 +11,7 @@ import contextlib
 import dataclasses
 import gc
 import os
+import poplib
 import re
 import smtplib
 import socket
@@ -27,7 +28,7 @@ from scripted import ScriptedServer, TestCerts, make_test_certs
 from toymail import ToyMail
 
 from reference_server.app import MailServer
-from reference_server.config import FaultRule, ServerConfig, TlsConfig
+from reference_server.config import FaultRule, Pop3Settings, ServerConfig, TlsConfig
 from reference_server.controller import ServerThread
 from reference_server.devsetup import dev_config
 from reference_server.tls import resolve_tls_files
@@ -377,7 +378,33 @@ class RunningServer:
             client.login(user, self.passwords[user])
         return client
 
+    def pop3(self, user: str | None = None, *, stls: bool = True) -> poplib.POP3:
+        """The ``pop3`` listener, after STLS when ``stls``, logged in as ``user`` if given."""
+        host, port = self.addr("pop3")
+        client = poplib.POP3(host, port, timeout=IO_TIMEOUT)
+        self._clients.append(client)
+        if stls:
+            client.stls(context=self.tls_context())
+        if user is not None:
+            client.user(user)
+            client.pass_(self.passwords[user])
+        return client
+
+    def pop3s(self, user: str | None = None) -> poplib.POP3_SSL:
+        """The implicit-TLS ``pop3s`` listener, logged in as ``user`` if given."""
+        host, port = self.addr("pop3s")
+        client = poplib.POP3_SSL(host, port, timeout=IO_TIMEOUT, context=self.tls_context())
+        self._clients.append(client)
+        if user is not None:
+            client.user(user)
+            client.pass_(self.passwords[user])
+        return client
+
     # -- storage ------------------------------------------------------------------------
+
+    def deliver(self, user: str, message: bytes) -> str:
+        """Store ``message`` durably in ``user``'s Maildir ``new/``; returns the file name."""
+        return self.server.store.deliver_sync([user], message)[0]
 
     @staticmethod
     def split_trace(message: bytes) -> tuple[bytes, bytes]:
@@ -433,7 +460,9 @@ def start_server(
     """``start_server(limits={...}, timeouts={...}, faults=[{...}])`` -> a running server.
 
     ``limits`` and ``timeouts`` override fields of :class:`~reference_server.config.Limits`
-    and :class:`~reference_server.config.Timeouts`; ``faults`` are FaultRule keyword dicts.
+    and :class:`~reference_server.config.Timeouts`, ``pop3`` those of
+    :class:`~reference_server.config.Pop3Settings`; ``faults`` are FaultRule keyword dicts.
+    ``data_dir`` reuses a directory (a restart over the same Maildirs).
     """
     base_config, passwords, ca_file = dev_setup
     started: list[RunningServer] = []
@@ -443,6 +472,8 @@ def start_server(
         limits: Mapping[str, Any] | None = None,
         timeouts: Mapping[str, Any] | None = None,
         faults: Sequence[Mapping[str, Any]] = (),
+        pop3: Mapping[str, Any] | None = None,
+        data_dir: Path | None = None,
     ) -> RunningServer:
         defaults = base_config.limits
         times = dataclasses.replace(
@@ -452,10 +483,12 @@ def start_server(
             defaults,
             **{"auth_failure_delay": 0.05, "timeouts": times, **(limits or {})},
         )
+        pop3_settings = Pop3Settings(**{"autologout": 30.0, **(pop3 or {})})
         config = dataclasses.replace(
             base_config,
-            data_dir=tmp_path / f"data{len(started)}",
+            data_dir=data_dir if data_dir is not None else tmp_path / f"data{len(started)}",
             limits=lim,
+            pop3=pop3_settings,
             faults=tuple(FaultRule(**rule) for rule in faults),
         )
         srv = RunningServer(config, passwords, ca_file)

@@ -8,13 +8,13 @@ authenticated user.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from typing import TYPE_CHECKING
 
 from conformance.wire.smtp import Reply
 
 from ..faults import Faults
+from ..listener import Listener
 from ..transport import Connection
 from .session import SmtpSession
 
@@ -26,42 +26,21 @@ __all__ = ["SmtpListener"]
 log = logging.getLogger("reference_server.smtp")
 
 
-class SmtpListener:
+class SmtpListener(Listener):
     def __init__(
         self, server: MailServer, name: str, kind: str, tls: str, host: str, port: int
     ) -> None:
-        self.server = server
-        self.name = name
-        self.kind = kind
-        self.tls_mode = tls
-        self.host = host
-        self.port = port
+        super().__init__(server, name, kind, tls, host, port)
         self.offers_auth = kind in ("submission", "submissions")
         self.requires_auth = self.offers_auth
         self.faults = Faults(server.config.faults, name)
-        self.sessions: set[SmtpSession] = set()
-        self._server: asyncio.Server | None = None
-
-    async def start(self) -> tuple[str, int]:
-        loop = asyncio.get_running_loop()
-        ssl_ctx = self.server.tls_context if self.tls_mode == "implicit" else None
-        self._server = await loop.create_server(
-            lambda: Connection(self._serve),
-            self.host,
-            self.port,
-            ssl=ssl_ctx,
-            backlog=1024,
-            reuse_address=True,
-        )
-        sock = self._server.sockets[0].getsockname()
-        self.port = int(sock[1])
-        return self.host, self.port
 
     async def _serve(self, conn: Connection) -> None:
         server = self.server
-        if server.stopping or server.active_sessions >= server.config.limits.max_connections:
-            reason = "shutting down" if server.stopping else "too many connections, try later"
-            conn.write(Reply.build(421, "4.7.0", f"{server.config.hostname} {reason}").raw)
+        hostname = server.config.hostname
+        reason = self.refusal()
+        if reason is not None:
+            conn.write(Reply.build(421, "4.7.0", f"{hostname} {reason}").raw)
             return
         session = SmtpSession(self, conn)
         self.sessions.add(session)
@@ -70,31 +49,14 @@ class SmtpListener:
             await session.run()
         except (ConnectionError, OSError) as exc:
             log.info("%s: connection error: %s", session.session_id, exc)
-        except asyncio.CancelledError:
-            raise
         except Exception:  # a bug must end this session only, never the server
             log.exception("%s: internal error; session closed", session.session_id)
-            conn.write(Reply.build(421, "4.3.0", f"{server.config.hostname} internal error").raw)
+            conn.write(Reply.build(421, "4.3.0", f"{hostname} internal error").raw)
         finally:
             server.active_sessions -= 1
             self.sessions.discard(session)
 
-    async def stop(self) -> None:
+    async def stop(self, farewell: bytes | None = None) -> None:
         """Stop accepting; tell every session 421 (RFC 5321 §3.8) and close it."""
-        if self._server is not None:
-            self._server.close()
         hostname = self.server.config.hostname
-        conns = [session.conn for session in self.sessions]
-        for conn in conns:
-            conn.write(Reply.build(421, "4.3.2", f"{hostname} shutting down").raw)
-            conn.close()  # TLS: starts close_notify, which needs the loop a moment longer
-            if conn.task is not None:
-                conn.task.cancel()
-        tasks = [c.task for c in conns if c.task is not None]
-        if tasks:
-            await asyncio.wait(tasks, timeout=1.0)
-        await asyncio.sleep(0.05)  # let the close_notify go out
-        for conn in conns:
-            conn.abort()  # and never wait on a peer that does not answer it
-        if self._server is not None:
-            await self._server.wait_closed()
+        await super().stop(farewell or Reply.build(421, "4.3.2", f"{hostname} shutting down").raw)

@@ -482,6 +482,17 @@ class MaildirStore:
                 )
         return sync
 
+    def ensure_mailbox(self, user: str) -> Path:
+        """Create ``user``'s Maildir if needed (durably); returns its path. Blocks on disk I/O.
+
+        Raises:
+            ValueError: the name is unsafe (see :meth:`mailbox_path`).
+            OSError: it cannot be created.
+        """
+        box = self.mailbox_path(user)
+        self._ensure_mailbox(user, box)
+        return box
+
     def _ensure_mailbox(self, user: str, box: Path) -> None:
         """Create ``box/{tmp,new,cur}`` once, durably (the new entries are fsynced too)."""
         if user in self._ready:  # set reads are atomic; changes hold the lock

@@ -189,18 +189,41 @@ ERRORS = [
     pytest.param(
         LISTENER + "colour: blue\n",
         "colour: unknown key; known keys: hostname, domains, data_dir, accounts_file, "
-        "postmaster, tls, listeners, limits, faults",
+        "postmaster, tls, listeners, limits, pop3, faults",
         id="unknown-key-lists",
     ),
     pytest.param(
-        LISTENER + "  p: {kind: pop3}\n",
-        "listeners.p.kind: unknown kind 'pop3'; expected one of mx, submission, submissions",
+        LISTENER + "  p: {kind: imap}\n",
+        "listeners.p.kind: unknown kind 'imap'; expected one of mx, submission, submissions, "
+        "pop3, pop3s",
         id="unknown-kind",
     ),
     pytest.param(
         LISTENER + "  x: {port: 26}\n",
-        "listeners.x.kind: missing; give one of mx, submission, submissions",
+        "listeners.x.kind: missing; give one of mx, submission, submissions, pop3, pop3s",
         id="kind-missing",
+    ),
+    pytest.param(
+        LISTENER + "  p: {kind: pop3s, tls: starttls}\n",
+        "listeners.p.tls: a pop3s listener uses implicit TLS (RFC 8314), got starttls",
+        id="pop3s-not-implicit",
+    ),
+    pytest.param(
+        LISTENER + "  p: {kind: pop3, tls: none}\n",
+        "listeners.p.tls: a pop3 listener with tls: none needs pop3.plaintext_auth: true, "
+        "or nobody can log in; use tls: starttls (STLS, RFC 2595)",
+        id="pop3-cleartext-without-plaintext-auth",
+    ),
+    pytest.param(
+        LISTENER + "pop3: {autologout: 60}\n",
+        "pop3.autologout: expected at least 600 seconds (RFC 1939 §3: an autologout timer "
+        "MUST be of at least 10 minutes), got 60",
+        id="pop3-autologout-below-rfc",
+    ),
+    pytest.param(
+        LISTENER + "pop3: {login_delay: 0}\n",
+        "pop3.login_delay: expected an integer of at least 1, got 0",
+        id="pop3-login-delay-zero",
     ),
     pytest.param(
         "hostname: h.test\nlisteners: {}\n",

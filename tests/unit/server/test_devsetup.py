@@ -33,6 +33,8 @@ def test_dev_config_writes_a_loadable_config(dev):
         "mx": (ListenerKind.MX, "127.0.0.1", 0, "starttls"),
         "submission": (ListenerKind.SUBMISSION, "127.0.0.1", 0, "starttls"),
         "submissions": (ListenerKind.SUBMISSIONS, "127.0.0.1", 0, "implicit"),
+        "pop3": (ListenerKind.POP3, "127.0.0.1", 0, "starttls"),
+        "pop3s": (ListenerKind.POP3S, "127.0.0.1", 0, "implicit"),
     }
 
 

@@ -1,0 +1,156 @@
+"""POP3 as the server sees it: command lines in, events out; multi-line bodies out.
+
+Why this exists: the reference server, the fuzzer and scripted test servers
+all need the same answer to "what did the client send": one command per
+CRLF-terminated line (RFC 1939 §3), a keyword and arguments separated by
+single spaces. Bad lines are events, not exceptions: a server answers
+``-ERR`` and goes on, so nothing a client sends can end the session.
+
+:func:`byte_stuff` is the other direction: a stored message as the body of
+a multi-line response (RETR, TOP), with CRLF line ends, every line that
+starts with "." given one more, and the "." CRLF terminator (RFC 1939 §3).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from conformance.wire._errors import LocalProtocolError
+from conformance.wire._events import NEED_DATA, ConnectionClosed, NeedData
+
+__all__ = ["Pop3BadLine", "Pop3Command", "Pop3CommandReader", "byte_stuff", "crlf_size"]
+
+# RFC 1939 §3: "Keywords are three or four characters long"; RFC 2449 allows
+# longer ones (e.g. for extensions), RFC 5034 AUTH; be generous but bounded.
+_KEYWORD = re.compile(rb"[A-Za-z][A-Za-z0-9-]{0,39}")
+_BARE_LF = re.compile(rb"(?<!\r)\n")
+_DOT_LINE = re.compile(rb"^\.", re.MULTILINE)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Pop3Command:
+    """One command line: ``keyword`` upper-cased, ``arg`` the text after the first space."""
+
+    keyword: str
+    arg: str
+    raw: bytes
+
+    @property
+    def args(self) -> tuple[str, ...]:
+        """The arguments, split on single spaces (RFC 1939 §3); ``()`` without any."""
+        return tuple(self.arg.split(" ")) if self.arg else ()
+
+    @property
+    def line(self) -> str:
+        """The whole line without its CRLF (a SASL response is a line, not a command)."""
+        return self.raw[:-2].decode("utf-8", errors="replace")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Pop3BadLine:
+    """A line that is no command; the server answers ``-ERR reason`` and goes on."""
+
+    reason: str
+    raw: bytes
+
+
+class Pop3CommandReader:
+    """Reads what a POP3 client sends, for a server.
+
+    Args:
+        max_line: longest line accepted, CRLF included. A longer line is read
+            to its end (so the next command is found) and becomes a
+            :class:`Pop3BadLine`; what is buffered never exceeds this.
+    """
+
+    def __init__(self, *, max_line: int = 12288) -> None:
+        if max_line < 255:
+            raise ValueError("max_line below 255 breaks RFC 2449 §4")
+        self.max_line = max_line
+        self._buf = bytearray()
+        self._scan = 0  # where to resume searching for LF
+        self._draining = False  # an over-long line is being skipped
+        self._eof = False
+
+    @property
+    def pending(self) -> bytes:
+        """Bytes received and not yet turned into an event."""
+        return bytes(self._buf)
+
+    def discard_pending(self) -> bytes:
+        """Drop and return unread bytes (STLS: nothing sent before the handshake may run)."""
+        dropped = bytes(self._buf)
+        self._buf.clear()
+        self._scan = 0
+        self._draining = False
+        return dropped
+
+    def receive_data(self, data: bytes) -> None:
+        """Add bytes from the client; ``b""`` means the client closed its side."""
+        if self._eof and data:
+            raise LocalProtocolError("receive_data() called with data after EOF (b'')")
+        if data:
+            self._buf += data
+        else:
+            self._eof = True
+
+    def next_event(self) -> Pop3Command | Pop3BadLine | NeedData | ConnectionClosed:
+        """The next command or bad line; NEED_DATA; or ConnectionClosed after EOF."""
+        buf = self._buf
+        end = buf.find(b"\n", self._scan)
+        if end < 0:
+            if len(buf) > self.max_line:  # too long: drop what we have, keep draining
+                self._draining = True
+                del buf[:-1]  # keep a possible CR
+            self._scan = len(buf)
+            return ConnectionClosed() if self._eof else NEED_DATA
+        line = bytes(buf[: end + 1])
+        del buf[: end + 1]
+        self._scan = 0
+        if self._draining or len(line) > self.max_line:
+            self._draining = False
+            return Pop3BadLine(
+                reason=f"line too long (the limit is {self.max_line} octets)", raw=line
+            )
+        return _parse(line)
+
+
+def _parse(line: bytes) -> Pop3Command | Pop3BadLine:
+    if not line.endswith(b"\r\n"):
+        return Pop3BadLine(reason="bare LF; end lines with CRLF (RFC 1939 §3)", raw=line)
+    body = line[:-2]
+    if b"\r" in body or b"\0" in body:
+        what = "NUL" if b"\0" in body else "bare CR"
+        return Pop3BadLine(reason=f"{what} in command line (RFC 1939 §3)", raw=line)
+    keyword, _, arg = body.partition(b" ")
+    if not _KEYWORD.fullmatch(keyword):
+        return Pop3BadLine(
+            reason="syntax error: a command starts with a keyword (RFC 1939 §3)", raw=line
+        )
+    try:
+        text = arg.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return Pop3BadLine(
+            reason=f"argument is not UTF-8 at offset {len(keyword) + 1 + exc.start}", raw=line
+        )
+    return Pop3Command(keyword=keyword.decode("ascii").upper(), arg=text, raw=line)
+
+
+def _crlf(message: bytes) -> bytes:
+    return _BARE_LF.sub(b"\r\n", message) if b"\n" in message else message
+
+
+def crlf_size(message: bytes) -> int:
+    """Octets of ``message`` with CRLF line ends, before stuffing (RFC 1939 §11: LIST sizes)."""
+    return len(message) + len(_BARE_LF.findall(message))
+
+
+def byte_stuff(message: bytes) -> bytes:
+    """The body of a multi-line response: CRLF line ends, "." lines stuffed, "." CRLF ended."""
+    text = _crlf(message)
+    if text and not text.endswith(b"\r\n"):
+        text += b"\r\n"
+    if text.startswith(b".") or b"\n." in text:
+        text = _DOT_LINE.sub(b"..", text)
+    return text + b".\r\n"

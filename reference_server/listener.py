@@ -1,0 +1,81 @@
+"""What every listener shares: the listening socket, the connection limit, and shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING, Protocol
+
+from .transport import Connection
+
+if TYPE_CHECKING:
+    from .app import MailServer
+
+__all__ = ["Listener", "Session"]
+
+
+class Session(Protocol):
+    conn: Connection
+
+
+class Listener:
+    """One listening socket of the server; subclasses serve each connection."""
+
+    def __init__(
+        self, server: MailServer, name: str, kind: str, tls: str, host: str, port: int
+    ) -> None:
+        self.server = server
+        self.name = name
+        self.kind = kind
+        self.tls_mode = tls
+        self.host = host
+        self.port = port
+        self.sessions: set[Session] = set()
+        self._server: asyncio.Server | None = None
+
+    async def start(self) -> tuple[str, int]:
+        """Bind and listen; returns the address (port 0 becomes the port the OS chose)."""
+        loop = asyncio.get_running_loop()
+        ssl_ctx = self.server.tls_context if self.tls_mode == "implicit" else None
+        self._server = await loop.create_server(
+            lambda: Connection(self._serve),
+            self.host,
+            self.port,
+            ssl=ssl_ctx,
+            backlog=1024,
+            reuse_address=True,
+        )
+        sock = self._server.sockets[0].getsockname()
+        self.port = int(sock[1])
+        return self.host, self.port
+
+    def refusal(self) -> str | None:
+        """Why a new connection is turned away now (shutdown, too many), or None."""
+        server = self.server
+        if server.stopping:
+            return "shutting down"
+        if server.active_sessions >= server.config.limits.max_connections:
+            return "too many connections, try later"
+        return None
+
+    async def _serve(self, conn: Connection) -> None:
+        raise NotImplementedError
+
+    async def stop(self, farewell: bytes | None = None) -> None:
+        """Stop accepting; send ``farewell`` to every session and close it."""
+        if self._server is not None:
+            self._server.close()
+        conns = [session.conn for session in self.sessions]
+        for conn in conns:
+            if farewell:
+                conn.write(farewell)
+            conn.close()  # TLS: starts close_notify, which needs the loop a moment longer
+            if conn.task is not None:
+                conn.task.cancel()
+        tasks = [c.task for c in conns if c.task is not None]
+        if tasks:
+            await asyncio.wait(tasks, timeout=1.0)
+        await asyncio.sleep(0.05)  # let the close_notify go out
+        for conn in conns:
+            conn.abort()  # and never wait on a peer that does not answer it
+        if self._server is not None:
+            await self._server.wait_closed()
