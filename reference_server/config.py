@@ -690,11 +690,14 @@ def _faults(
         key = f"faults[{i}]"
         spec = r.section(item, key, known)
         listener = r.string(spec.get("listener", "*"), f"{key}.listener", "a listener name or '*'")
-        if listener != "*" and listener not in listeners:
-            names = ", ".join(listeners)
+        smtp_names = [n for n, lst in listeners.items() if lst.kind in SMTP_KINDS]
+        if listener != "*" and listener not in smtp_names:
+            names = ", ".join(smtp_names)
+            what = "is not an SMTP listener" if listener in listeners else "does not exist"
             r.fail(
                 f"{key}.listener",
-                f"no listener named {listener!r}; expected one of {names} or '*'",
+                f"listener {listener!r} {what} (faults apply to SMTP listeners); "
+                f"expected one of {names} or '*'",
             )
         command_raw = spec.get("command", "*")
         command = command_raw.upper() if isinstance(command_raw, str) else ""

@@ -291,8 +291,16 @@ ERRORS = [
     ),
     pytest.param(
         fault("{listener: smtp, delay: 1}"),
-        "faults[0].listener: no listener named 'smtp'; expected one of mx or '*'",
+        "faults[0].listener: listener 'smtp' does not exist (faults apply to SMTP listeners); "
+        "expected one of mx or '*'",
         id="fault-unknown-listener",
+    ),
+    pytest.param(
+        LISTENER
+        + "  p: {kind: pop3}\nfaults:\n  - {listener: p, delay: 1}\n",
+        "faults[0].listener: listener 'p' is not an SMTP listener (faults apply to SMTP "
+        "listeners); expected one of mx or '*'",
+        id="fault-pop3-listener",
     ),
     pytest.param(
         fault("{command: 'MAIL FROM', delay: 1}"),
