@@ -296,8 +296,7 @@ ERRORS = [
         id="fault-unknown-listener",
     ),
     pytest.param(
-        LISTENER
-        + "  p: {kind: pop3}\nfaults:\n  - {listener: p, delay: 1}\n",
+        LISTENER + "  p: {kind: pop3}\nfaults:\n  - {listener: p, delay: 1}\n",
         "faults[0].listener: listener 'p' is not an SMTP listener (faults apply to SMTP "
         "listeners); expected one of mx or '*'",
         id="fault-pop3-listener",
