@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING, Protocol
 
-from .transport import Connection
+from .transport import TLS_SHUTDOWN_TIMEOUT, Connection
 
 if TYPE_CHECKING:
     from .app import MailServer
@@ -30,17 +30,25 @@ class Listener:
         self.host = host
         self.port = port
         self.sessions: set[Session] = set()
+        # every open connection, including those whose session ended while TLS closes
+        self.connections: set[Connection] = set()
         self._server: asyncio.Server | None = None
+
+    def _connection(self) -> Connection:
+        conn = Connection(self._serve, on_lost=self.connections.discard)
+        self.connections.add(conn)
+        return conn
 
     async def start(self) -> tuple[str, int]:
         """Bind and listen; returns the address (port 0 becomes the port the OS chose)."""
         loop = asyncio.get_running_loop()
         ssl_ctx = self.server.tls_context if self.tls_mode == "implicit" else None
         self._server = await loop.create_server(
-            lambda: Connection(self._serve),
+            self._connection,
             self.host,
             self.port,
             ssl=ssl_ctx,
+            ssl_shutdown_timeout=TLS_SHUTDOWN_TIMEOUT if ssl_ctx is not None else None,
             backlog=1024,
             reuse_address=True,
         )
@@ -75,7 +83,7 @@ class Listener:
         if tasks:
             await asyncio.wait(tasks, timeout=1.0)
         await asyncio.sleep(0.05)  # let the close_notify go out
-        for conn in conns:
+        for conn in [*conns, *self.connections]:
             conn.abort()  # and never wait on a peer that does not answer it
         if self._server is not None:
             await self._server.wait_closed()

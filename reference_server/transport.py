@@ -19,7 +19,7 @@ import ssl
 from collections.abc import Awaitable, Callable
 from typing import cast
 
-__all__ = ["Connection", "ConnectionTimeout"]
+__all__ = ["TLS_SHUTDOWN_TIMEOUT", "Connection", "ConnectionTimeout"]
 
 
 class ConnectionTimeout(Exception):
@@ -27,6 +27,10 @@ class ConnectionTimeout(Exception):
 
 
 _TIMED_OUT = object()
+
+# RFC 8446 §6.1: we send close_notify, but need not wait long for the peer's; a
+# client that never answers it must not hold the socket for asyncio's default 30 s.
+TLS_SHUTDOWN_TIMEOUT = 0.5
 
 
 def _expire(waiter: asyncio.Future[object]) -> None:
@@ -42,11 +46,11 @@ class Connection(asyncio.BufferedProtocol):
         handler: Callable[[Connection], Awaitable[None]],
         *,
         high_water: int = 1 << 20,
-        on_close: Callable[[Connection], None] | None = None,
+        on_lost: Callable[[Connection], None] | None = None,
     ) -> None:
         self._handler = handler
         self._high_water = high_water
-        self._on_close = on_close
+        self._on_lost = on_lost
         self.transport: asyncio.Transport | None = None
         self.peer: tuple[str, int] = ("", 0)
         self.tls = False
@@ -94,6 +98,8 @@ class Connection(asyncio.BufferedProtocol):
         self._lost = self._eof = True
         self._can_write.set()
         self._wake()
+        if self._on_lost is not None:
+            self._on_lost(self)
 
     def pause_writing(self) -> None:
         self._can_write.clear()
@@ -108,8 +114,6 @@ class Connection(asyncio.BufferedProtocol):
             await self._handler(self)
         finally:
             self.close()
-            if self._on_close is not None:
-                self._on_close(self)
 
     def _wake(self) -> None:
         if self._waiter is not None and not self._waiter.done():
@@ -164,7 +168,13 @@ class Connection(asyncio.BufferedProtocol):
         dropped = self.take_unread()
         loop = asyncio.get_running_loop()
         new = await asyncio.wait_for(
-            loop.start_tls(self.transport, self, context, server_side=True),
+            loop.start_tls(
+                self.transport,
+                self,
+                context,
+                server_side=True,
+                ssl_shutdown_timeout=TLS_SHUTDOWN_TIMEOUT,
+            ),
             timeout,
         )
         if new is None:

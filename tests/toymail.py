@@ -15,7 +15,7 @@ from collections.abc import Callable
 
 from scripted import ScriptConn
 
-__all__ = ["ToyMail"]
+__all__ = ["ToyMail", "ToyPop3"]
 
 IMAP_CAPS = "IMAP4rev1 STARTTLS AUTH=PLAIN LITERAL+"
 
@@ -239,133 +239,16 @@ class ToyMail:
         return None
 
     # ------------------------------------------------------------------ POP3
-    def pop3_handler(self) -> Callable[[ScriptConn], None]:
+    def pop3_handler(
+        self, session: Callable[[ToyMail, ScriptConn], ToyPop3] | None = None
+    ) -> Callable[[ScriptConn], None]:
+        """POP3 sessions made by ``session`` (a ToyPop3 subclass may break a rule on purpose)."""
+        make = session or ToyPop3
+
         def handle(conn: ScriptConn) -> None:
-            conn.sendline("+OK toy POP3 ready")
-            user: str | None = None  # set by USER
-            locked: str | None = None  # set once in TRANSACTION state
-            view: list[tuple[int, bytes]] = []  # (uid, message) snapshot at login
-            deleted: set[int] = set()
-            try:
-                while True:
-                    try:
-                        line = conn.recv_line(self.idle_timeout).decode("utf-8", "replace")
-                    except TimeoutError:
-                        return
-                    verb, _, arg = line.partition(" ")
-                    verb, args = verb.upper(), arg.split()
-                    if verb == "CAPA":
-                        caps = ["USER", "UIDL", "TOP", "SASL PLAIN", "STLS", "PIPELINING"]
-                        if conn.tls or locked:
-                            caps.remove("STLS")
-                        conn.send("".join(f"{c}\r\n" for c in ["+OK capability list", *caps, "."]))
-                    elif verb == "QUIT":
-                        if locked:
-                            with self.lock:
-                                uids = self._sync(locked)
-                                gone = {view[i][0] for i in deleted}
-                                keep = [i for i, u in enumerate(uids) if u not in gone]
-                                box = self.mailboxes[locked]
-                                box[:] = [box[i] for i in keep]
-                                uids[:] = [uids[i] for i in keep]
-                        conn.sendline("+OK toy POP3 signing off")
-                        return
-                    elif verb == "NOOP" and locked:
-                        conn.sendline("+OK")
-                    elif locked is None:  # AUTHORIZATION state
-                        who: str | None = None
-                        if verb == "STLS" and not conn.tls and conn.tls_available:
-                            conn.sendline("+OK begin TLS negotiation")
-                            conn.starttls()
-                            user = None
-                            continue
-                        if verb == "USER" and len(args) == 1:
-                            user = args[0]
-                            conn.sendline("+OK send PASS")
-                            continue
-                        if verb == "PASS" and user is not None:
-                            who = user if self._check(user, arg) else None
-                            user = None
-                        elif verb == "AUTH" and args and args[0].upper() == "PLAIN":
-                            resp = args[1] if len(args) > 1 else None
-                            if resp is None:
-                                conn.sendline("+ ")
-                                resp = conn.recv_line(self.idle_timeout).decode("ascii", "replace")
-                                if resp.strip() == "*":
-                                    conn.sendline("-ERR authentication cancelled")
-                                    continue
-                            who = self._sasl_plain("" if resp == "=" else resp)
-                        else:
-                            conn.sendline("-ERR command not valid in AUTHORIZATION state")
-                            continue
-                        if who is None:
-                            conn.sendline("-ERR [AUTH] invalid credentials")
-                            continue
-                        with self.lock:
-                            if who in self._pop_locked:
-                                conn.sendline("-ERR [IN-USE] mailbox locked")
-                                continue
-                            self._pop_locked.add(who)
-                            locked = who
-                            view = list(zip(self._sync(who), self.mailboxes[who], strict=True))
-                        conn.sendline(f"+OK maildrop locked, {len(view)} messages")
-                    else:  # TRANSACTION state
-                        self._pop3_transaction(conn, verb, args, view, deleted)
-            finally:
-                if locked:
-                    with self.lock:
-                        self._pop_locked.discard(locked)
+            make(self, conn).run()
 
         return handle
-
-    def _pop3_transaction(
-        self,
-        conn: ScriptConn,
-        verb: str,
-        args: list[str],
-        view: list[tuple[int, bytes]],
-        deleted: set[int],
-    ) -> None:
-        def pick(s: str) -> int | None:
-            i = int(s) - 1 if s.isdigit() else -1
-            if 0 <= i < len(view) and i not in deleted:
-                return i
-            conn.sendline("-ERR no such message")
-            return None
-
-        live = [i for i in range(len(view)) if i not in deleted]
-        if verb == "STAT":
-            conn.sendline(f"+OK {len(live)} {sum(len(view[i][1]) for i in live)}")
-        elif verb in ("LIST", "UIDL") and args:
-            if (i := pick(args[0])) is not None:
-                val = len(view[i][1]) if verb == "LIST" else view[i][0]
-                conn.sendline(f"+OK {i + 1} {val}")
-        elif verb in ("LIST", "UIDL"):
-            rows = [f"{i + 1} {len(view[i][1]) if verb == 'LIST' else view[i][0]}" for i in live]
-            conn.send("".join(f"{r}\r\n" for r in [f"+OK {len(live)} messages", *rows, "."]))
-        elif verb in ("RETR", "TOP") and len(args) == (1 if verb == "RETR" else 2):
-            if verb == "TOP" and not args[1].isdigit():
-                conn.sendline("-ERR bad line count")
-            elif (i := pick(args[0])) is not None:
-                msg = view[i][1]
-                lines = msg.split(b"\r\n")
-                if lines and lines[-1] == b"":
-                    lines.pop()
-                if verb == "TOP":
-                    blank = lines.index(b"") if b"" in lines else len(lines)
-                    lines = lines[: blank + 1 + int(args[1])]
-                head = f"+OK {len(msg)} octets\r\n".encode()
-                out = b"".join((b"." + ln if ln.startswith(b".") else ln) + b"\r\n" for ln in lines)
-                conn.send(head + out + b".\r\n")
-        elif verb == "DELE" and len(args) == 1:
-            if (i := pick(args[0])) is not None:
-                deleted.add(i)
-                conn.sendline(f"+OK message {i + 1} deleted")
-        elif verb == "RSET":
-            deleted.clear()
-            conn.sendline("+OK")
-        else:
-            conn.sendline("-ERR unknown command")
 
     # ------------------------------------------------------------------ IMAP
     def imap_handler(self) -> Callable[[ScriptConn], None]:
@@ -376,6 +259,233 @@ class ToyMail:
                 pass
 
         return handle
+
+
+class ToyPop3:
+    """One POP3 session: RFC 1939 with CAPA (RFC 2449), STLS (RFC 2595), AUTH PLAIN (RFC 5034).
+
+    Each command is a ``do_<verb>`` method taking the rest of the line, so a test can
+    subclass this to break exactly one rule. The maildrop is locked from login to the end
+    of the session; a session that ends without QUIT deletes nothing.
+    """
+
+    greeting = "+OK toy POP3 ready"
+    AUTHORIZATION = frozenset({"USER", "PASS", "AUTH", "STLS", "CAPA", "QUIT"})
+    TRANSACTION = frozenset(
+        {"STAT", "LIST", "RETR", "DELE", "NOOP", "RSET", "TOP", "UIDL", "CAPA", "QUIT"}
+    )
+
+    def __init__(self, toy: ToyMail, conn: ScriptConn) -> None:
+        self.toy, self.conn = toy, conn
+        self.user: str | None = None  # named by the USER just before, for PASS
+        self.locked: str | None = None  # whose maildrop, once in TRANSACTION state
+        self.view: list[tuple[int, bytes]] = []  # (uid, message), as at login
+        self.deleted: set[int] = set()  # indexes into view
+
+    # ---- plumbing
+    def run(self) -> None:
+        self.conn.sendline(self.greeting)
+        try:
+            while True:
+                try:
+                    line = self.read_line()
+                except TimeoutError:
+                    return  # autologout: no UPDATE (RFC 1939 §3)
+                if not self.command(line):
+                    return
+        finally:
+            self.unlock()
+
+    def read_line(self) -> str:
+        return self.conn.recv_line(self.toy.idle_timeout).decode("utf-8", "replace")
+
+    def command(self, line: str) -> bool:
+        """Answer one command line; False ends the session."""
+        verb, _, arg = line.partition(" ")
+        verb = verb.upper()  # keywords are case-insensitive (RFC 1939 §3)
+        user, self.user = self.user, None  # PASS only right after USER (RFC 1939 §7)
+        if verb == "PASS":
+            self.user = user
+        handler = getattr(self, f"do_{verb.lower()}", None)
+        if handler is None:
+            self.err("unknown command")
+        elif verb not in (self.TRANSACTION if self.locked else self.AUTHORIZATION):
+            self.err(f"{verb} not valid in this state")
+        else:
+            return handler(arg) is not False
+        return True
+
+    def ok(self, text: str = "") -> None:
+        self.conn.sendline(f"+OK {text}".rstrip())
+
+    def err(self, text: str) -> None:
+        self.conn.sendline(f"-ERR {text}")
+
+    def multiline(self, text: str, lines: list[bytes]) -> None:
+        body = b"".join(self.stuff(line) + b"\r\n" for line in lines)
+        self.conn.send(f"+OK {text}\r\n".encode() + body + b".\r\n")
+
+    def stuff(self, line: bytes) -> bytes:
+        """Byte-stuff a line of a multiline response (RFC 1939 §3)."""
+        return b"." + line if line.startswith(b".") else line
+
+    def capabilities(self) -> list[str]:
+        caps = ["USER", "UIDL", "TOP", "SASL PLAIN", "RESP-CODES", "PIPELINING"]
+        if not self.conn.tls and not self.locked and self.conn.tls_available:
+            caps.append("STLS")  # announced in AUTHORIZATION state only (RFC 2595 §4)
+        return caps
+
+    # ---- maildrop
+    def login(self, who: str | None) -> None:
+        if who is None:
+            self.err("[AUTH] invalid credentials")
+        elif not self.open_maildrop(who):
+            self.err("[IN-USE] maildrop locked")
+        else:
+            self.ok(f"maildrop locked, {len(self.view)} messages")
+
+    def open_maildrop(self, who: str) -> bool:
+        """Lock ``who``'s maildrop and enter TRANSACTION state; False if it is in use."""
+        toy = self.toy
+        with toy.lock:
+            if who in toy._pop_locked:
+                return False
+            toy._pop_locked.add(who)
+            self.locked = who
+            self.view = list(zip(toy._sync(who), toy.mailboxes[who], strict=True))
+            self.deleted = set()
+        return True
+
+    def unlock(self) -> None:
+        if self.locked:
+            with self.toy.lock:
+                self.toy._pop_locked.discard(self.locked)
+            self.locked = None
+
+    def update(self) -> None:
+        """The UPDATE state: remove the messages marked as deleted (RFC 1939 §6)."""
+        assert self.locked is not None
+        toy, gone = self.toy, {self.view[i][0] for i in self.deleted}
+        with toy.lock:
+            uids, box = toy._sync(self.locked), toy.mailboxes[self.locked]
+            keep = [i for i, uid in enumerate(uids) if uid not in gone]
+            box[:] = [box[i] for i in keep]
+            uids[:] = [uids[i] for i in keep]
+
+    def live(self) -> list[int]:
+        return [i for i in range(len(self.view)) if i not in self.deleted]
+
+    def pick(self, arg: str) -> int | None:
+        """The index of message-number ``arg``, or None after answering -ERR."""
+        i = int(arg) - 1 if arg.isdigit() else -1
+        if 0 <= i < len(self.view) and i not in self.deleted:
+            return i
+        self.err("no such message")
+        return None
+
+    @staticmethod
+    def lines(message: bytes) -> list[bytes]:
+        lines = message.split(b"\r\n")
+        if lines and lines[-1] == b"":
+            lines.pop()
+        return lines
+
+    # ---- AUTHORIZATION state
+    def do_capa(self, arg: str) -> None:
+        self.multiline("capability list follows", [c.encode() for c in self.capabilities()])
+
+    def do_stls(self, arg: str) -> None:
+        if self.conn.tls or not self.conn.tls_available:
+            self.err("TLS not available now")
+            return
+        self.ok("begin TLS negotiation")
+        self.conn.starttls(discard_pipelined=True)  # never run what came with STLS
+
+    def do_user(self, arg: str) -> None:
+        if not arg or " " in arg:
+            self.err("usage: USER name")
+            return
+        self.user = arg
+        self.ok("send PASS")
+
+    def do_pass(self, arg: str) -> None:
+        if self.user is None:
+            self.err("USER first")
+            return
+        user, self.user = self.user, None
+        self.login(user if self.toy._check(user, arg) else None)
+
+    def do_auth(self, arg: str) -> None:
+        mech, _, response = arg.partition(" ")
+        if mech.upper() != "PLAIN":
+            self.err("unsupported SASL mechanism")
+            return
+        if not response:
+            response = self.challenge("")
+            if response == "*":
+                self.err("authentication cancelled")
+                return
+        self.login(self.sasl_plain(response))
+
+    def challenge(self, b64: str) -> str:
+        """Send a SASL challenge (RFC 5034 §4) and return the client's answer."""
+        self.conn.sendline(f"+ {b64}")
+        return self.read_line().strip()
+
+    def sasl_plain(self, response: str) -> str | None:
+        """The user a PLAIN response logs in (None: bad credentials or base64)."""
+        return self.toy._sasl_plain("" if response == "=" else response)
+
+    def do_quit(self, arg: str) -> bool:
+        if self.locked:
+            self.update()
+        self.ok("toy POP3 signing off")
+        return False
+
+    # ---- TRANSACTION state
+    def do_stat(self, arg: str) -> None:
+        live = self.live()
+        self.ok(f"{len(live)} {sum(len(self.view[i][1]) for i in live)}")
+
+    def do_list(self, arg: str) -> None:
+        self.listing(arg, lambda i: str(len(self.view[i][1])))
+
+    def do_uidl(self, arg: str) -> None:
+        self.listing(arg, lambda i: str(self.view[i][0]))
+
+    def listing(self, arg: str, value: Callable[[int], str]) -> None:
+        if arg:
+            if (i := self.pick(arg)) is not None:
+                self.ok(f"{i + 1} {value(i)}")
+            return
+        live = self.live()
+        self.multiline(f"{len(live)} messages", [f"{i + 1} {value(i)}".encode() for i in live])
+
+    def do_retr(self, arg: str) -> None:
+        if (i := self.pick(arg)) is not None:
+            message = self.view[i][1]
+            self.multiline(f"{len(message)} octets", self.lines(message))
+
+    def do_top(self, arg: str) -> None:
+        msg, _, n = arg.partition(" ")
+        if not n.isdigit():
+            self.err("usage: TOP msg n")
+        elif (i := self.pick(msg)) is not None:
+            lines = self.lines(self.view[i][1])
+            blank = lines.index(b"") if b"" in lines else len(lines)
+            self.multiline("top of message follows", lines[: blank + 1 + int(n)])
+
+    def do_dele(self, arg: str) -> None:
+        if (i := self.pick(arg)) is not None:
+            self.deleted.add(i)
+            self.ok(f"message {i + 1} deleted")
+
+    def do_rset(self, arg: str) -> None:
+        self.deleted.clear()
+        self.ok()
+
+    def do_noop(self, arg: str) -> None:
+        self.ok()
 
 
 _TOKEN = re.compile(r'"((?:[^"\\]|\\.)*)"|([()])|([^\s()"]+)')

@@ -214,6 +214,7 @@ class Runner:
         offered = set(self.target.services)
         await self.preflight([sc for sc in scenarios if sc.services() <= offered])
         gate = asyncio.Semaphore(self.jobs)
+        maildrops: dict[str, asyncio.Lock] = {}
 
         async def one(sc: Scenario) -> ScenarioResult:
             missing = sorted(sc.services() - offered)
@@ -229,8 +230,16 @@ class Runner:
                     rfc=sc.rfc,
                 )
             else:
-                async with gate:
-                    result = await self.run_one(sc)
+                async with contextlib.AsyncExitStack() as held:
+                    # RFC 1939 §4: a maildrop takes one POP3 session at a time, so
+                    # scenarios that log in to the same account take turns (locks
+                    # taken in sorted order, so no two scenarios wait on each other).
+                    for account in sorted(_pop3_accounts(sc)):
+                        await held.enter_async_context(
+                            maildrops.setdefault(account, asyncio.Lock())
+                        )
+                    async with gate:
+                        result = await self.run_one(sc)
             if self.on_result is not None:
                 self.on_result(result)
             return result
@@ -550,6 +559,31 @@ class Runner:
             raise SetupFailed(f"setup delivery via {d.via!r} failed: {exc}") from None
         finally:
             await channel.close()
+
+
+def _pop3_accounts(scenario: Scenario) -> set[str]:
+    """The accounts a scenario names in commands or logins on its POP3 connections.
+
+    These are the maildrops it may lock; a user name written out literally
+    instead of as ``{account.NAME.username}`` is not seen.
+    """
+    pop3 = {c.name for c in scenario.connections.values() if c.protocol is Protocol.POP3}
+    names: set[str] = set()
+    for step in scenario.steps:
+        if step.conn not in pop3:
+            continue
+        if isinstance(step.action, Auth):
+            templates = [step.action.username]
+        elif isinstance(step.action, Send):
+            templates = [step.action.text]
+        else:
+            continue
+        for tpl in templates:
+            for ref in tpl.variables:
+                kind, _, rest = ref.name.partition(".")
+                if kind == "account":
+                    names.add(rest.partition(".")[0])
+    return names
 
 
 def _guess_protocol(service: str, port: int) -> Protocol:

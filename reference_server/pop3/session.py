@@ -124,11 +124,7 @@ class Pop3Session:
             await self.conn.drain()
 
     async def _next_event(self) -> Pop3Command | Pop3BadLine | None:
-        """The next line from the client, or None at EOF; flushes responses before waiting.
-
-        Raises:
-            _Close: the autologout timer expired (RFC 1939 §3: no response, no UPDATE).
-        """
+        """The next command from the client, or None at EOF (see :meth:`_read_more`)."""
         while True:
             event = self.reader.next_event()
             if isinstance(event, ConnectionClosed):
@@ -136,13 +132,32 @@ class Pop3Session:
             if event is not NEED_DATA:
                 assert isinstance(event, Pop3Command | Pop3BadLine)
                 return event
-            await self.flush()
-            try:
-                data = await self.conn.read(self.settings.autologout)
-            except ConnectionTimeout:
-                log.info("%s: autologout after %gs", self.session_id, self.settings.autologout)
-                raise _Close from None
-            self.reader.receive_data(data)
+            await self._read_more()
+
+    async def _next_response_line(self) -> bytes | Pop3BadLine | None:
+        """The client's answer to a SASL challenge, as :meth:`_next_event` does commands."""
+        while True:
+            line = self.reader.next_response_line()
+            if isinstance(line, ConnectionClosed):
+                return None
+            if line is not NEED_DATA:
+                assert isinstance(line, bytes | Pop3BadLine)
+                return line
+            await self._read_more()
+
+    async def _read_more(self) -> None:
+        """Flush responses, then wait for input within the autologout time.
+
+        Raises:
+            _Close: the autologout timer expired (RFC 1939 §3: no response, no UPDATE).
+        """
+        await self.flush()
+        try:
+            data = await self.conn.read(self.settings.autologout)
+        except ConnectionTimeout:
+            log.info("%s: autologout after %gs", self.session_id, self.settings.autologout)
+            raise _Close from None
+        self.reader.receive_data(data)
 
     # -- the loop ----------------------------------------------------------------------------
 
@@ -233,12 +248,12 @@ class Pop3Session:
             token = "" if rest[0] == "=" else rest[0]
         else:
             self.send(b"+ \r\n")  # an empty challenge (RFC 5034 §4)
-            line = await self._next_event()
+            line = await self._next_response_line()
             if line is None:
                 raise _Close
             if isinstance(line, Pop3BadLine):
                 return _err(f"bad SASL response: {line.reason}")
-            token = line.line
+            token = line.decode("ascii", "replace")
         if token == "*":
             return _err("authentication cancelled (RFC 5034 §4)")
         try:
@@ -311,6 +326,8 @@ class Pop3Session:
         return b"+OK capability list follows\r\n" + byte_stuff(body)
 
     async def _quit_authorization(self, cmd: Pop3Command) -> bytes:
+        if bad := self._no_args(cmd):
+            return bad
         self.send(_ok(f"{self.server.config.hostname} POP3 server signing off"))
         raise _Close
 
@@ -422,6 +439,8 @@ class Pop3Session:
 
     async def _quit_transaction(self, cmd: Pop3Command) -> bytes:
         """The UPDATE state (RFC 1939 §6): remove the marked messages, then sign off."""
+        if bad := self._no_args(cmd):
+            return bad
         drop = self.drop
         assert drop is not None
         failed = await asyncio.to_thread(drop.expunge)

@@ -78,10 +78,22 @@ def unique_id(base: str) -> str:
     return "h" + hashlib.sha256(base.encode("utf-8", "surrogateescape")).hexdigest()[:40]
 
 
-def _delivery_order(name: str) -> tuple[int, str]:
-    # maildir(5) names start with the delivery time in seconds; foreign names go last
+# <seconds>.M<usec>P<pid>Q<deliveries>. as MaildirStore (and Dovecot) write them
+_NAME_TIME = re.compile(r"(\d+)\.M(\d+)P\d+Q(\d+)\.")
+
+
+def _delivery_order(name: str) -> tuple[int, int, int, str]:
+    """Sort key: delivery time to the microsecond, then the delivery counter.
+
+    The numbers in the name are not zero-padded, so they are compared as
+    numbers. Other names that start with seconds (maildir(5)) sort by those,
+    and names without a time go last.
+    """
+    m = _NAME_TIME.match(name)
+    if m is not None:
+        return (int(m[1]), int(m[2]), int(m[3]), name)
     head = name.split(".", 1)[0]
-    return (int(head) if head.isdigit() else 1 << 62, name)
+    return (int(head) if head.isdigit() else 1 << 62, 0, 0, name)
 
 
 def _crlf_octets(path: Path, st: os.stat_result) -> int:
@@ -130,7 +142,7 @@ class Maildrop:
 
     @staticmethod
     def _scan(box: Path) -> list[DropMessage]:
-        found: list[tuple[tuple[int, str], Path, os.stat_result]] = []
+        found: list[tuple[tuple[int, int, int, str], Path, os.stat_result]] = []
         for sub in _READ_DIRS:
             try:
                 entries = list(os.scandir(box / sub))

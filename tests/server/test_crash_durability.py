@@ -40,10 +40,6 @@ from __future__ import annotations
 import os
 import random
 import re
-import select
-import signal
-import subprocess
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,6 +57,7 @@ from crash_client import (
     open_session,
     send_one,
 )
+from server_process import ServerProcess
 
 from reference_server.auth import hash_password
 
@@ -72,71 +69,6 @@ THREADS = 8
 KILL_WINDOWS = ((50, 200), (350, 650), (750, 900))
 PROBE_SEQ = 10_000_000  # X-Seq of the probe message sent after each restart (+ round)
 _X_SEQ = re.compile(rb"^X-Seq: (\d+)\r$", re.MULTILINE)
-
-
-class ServerProcess:
-    """``python -m reference_server --config FILE`` with its MX port read from stdout."""
-
-    def __init__(self, config: Path, log: Path, timeout: float = 30.0) -> None:
-        self.log = log
-        with open(log, "ab") as err:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "reference_server", "--config", str(config)],
-                cwd=ROOT,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=err,
-            )
-        try:
-            self.port = self._read_port(timeout)
-        except BaseException:
-            self.kill()
-            raise
-
-    def _read_port(self, timeout: float) -> int:
-        assert self.proc.stdout is not None
-        deadline = time.monotonic() + timeout
-        seen: list[bytes] = []
-        while True:
-            remaining = deadline - time.monotonic()
-            ready, _, _ = select.select([self.proc.stdout], [], [], max(remaining, 0))
-            line = self.proc.stdout.readline() if ready else b""
-            if line:
-                seen.append(line)
-                found = re.match(rb"listening: mx \(mx\) on [^ ]+:(\d+)$", line.rstrip())
-                if found:
-                    return int(found.group(1))
-                continue
-            state = "exited" if self.proc.poll() is not None else "is silent"
-            if ready or remaining <= 0 or self.proc.poll() is not None:
-                raise AssertionError(
-                    f"server {state} before announcing the mx listener; stdout {seen!r}; "
-                    f"stderr: {self.stderr_tail()}"
-                )
-
-    def stderr_tail(self) -> str:
-        return self.log.read_text(encoding="utf-8", errors="replace")[-3000:]
-
-    def kill(self) -> None:
-        """SIGKILL: no shutdown code runs in the server."""
-        if self.proc.poll() is None:
-            os.kill(self.proc.pid, signal.SIGKILL)
-        self.proc.wait(10)
-        self._close()
-
-    def stop(self) -> None:
-        """SIGTERM (a clean shutdown), SIGKILL if that takes too long."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.kill()
-        self._close()
-
-    def _close(self) -> None:
-        if self.proc.stdout is not None:
-            self.proc.stdout.close()
 
 
 def write_setup(base: Path) -> Path:
@@ -244,7 +176,7 @@ def test_sigkill_under_load_loses_no_acknowledged_message(tmp_path):
             jitter = rng.uniform(0, 0.005)
             messages = make_messages(rng, round_no * LOAD, LOAD)
 
-            load = LoadRun(HOST, server.port, messages, threads=THREADS)
+            load = LoadRun(HOST, server.ports["mx"], messages, threads=THREADS)
             load.start()
             reached = load.wait_for_acks(kill_at, timeout=40)
             time.sleep(jitter)
@@ -311,7 +243,7 @@ def test_sigkill_under_load_loses_no_acknowledged_message(tmp_path):
             probe_seq = PROBE_SEQ + round_no
             ((_, probe),) = make_messages(rng, probe_seq, 1)
             sent[probe_seq] = probe
-            conn = open_session(HOST, server.port)
+            conn = open_session(HOST, server.ports["mx"])
             try:
                 code, text = send_one(conn, probe)
                 conn.send(b"QUIT\r\n")

@@ -97,6 +97,22 @@ class Pop3CommandReader:
 
     def next_event(self) -> Pop3Command | Pop3BadLine | NeedData | ConnectionClosed:
         """The next command or bad line; NEED_DATA; or ConnectionClosed after EOF."""
+        line = self._next_line()
+        return _parse(line) if isinstance(line, bytes) else line
+
+    def next_response_line(self) -> bytes | Pop3BadLine | NeedData | ConnectionClosed:
+        """The next line as text, not a command: a SASL response (RFC 5034 §4), CRLF cut off.
+
+        Base64 is no keyword, so it must not go through the command syntax; the
+        line-level rules (CRLF, no NUL or bare CR, the length limit) still hold.
+        """
+        line = self._next_line()
+        if not isinstance(line, bytes):
+            return line
+        bad = _bad_line(line)
+        return bad if bad is not None else line[:-2]
+
+    def _next_line(self) -> bytes | Pop3BadLine | NeedData | ConnectionClosed:
         buf = self._buf
         end = buf.find(b"\n", self._scan)
         if end < 0:
@@ -113,16 +129,24 @@ class Pop3CommandReader:
             return Pop3BadLine(
                 reason=f"line too long (the limit is {self.max_line} octets)", raw=line
             )
-        return _parse(line)
+        return line
 
 
-def _parse(line: bytes) -> Pop3Command | Pop3BadLine:
+def _bad_line(line: bytes) -> Pop3BadLine | None:
     if not line.endswith(b"\r\n"):
         return Pop3BadLine(reason="bare LF; end lines with CRLF (RFC 1939 §3)", raw=line)
     body = line[:-2]
     if b"\r" in body or b"\0" in body:
         what = "NUL" if b"\0" in body else "bare CR"
         return Pop3BadLine(reason=f"{what} in command line (RFC 1939 §3)", raw=line)
+    return None
+
+
+def _parse(line: bytes) -> Pop3Command | Pop3BadLine:
+    bad = _bad_line(line)
+    if bad is not None:
+        return bad
+    body = line[:-2]
     keyword, _, arg = body.partition(b" ")
     if not _KEYWORD.fullmatch(keyword):
         return Pop3BadLine(
@@ -142,8 +166,13 @@ def _crlf(message: bytes) -> bytes:
 
 
 def crlf_size(message: bytes) -> int:
-    """Octets of ``message`` with CRLF line ends, before stuffing (RFC 1939 §11: LIST sizes)."""
-    return len(message) + len(_BARE_LF.findall(message))
+    """Octets :func:`byte_stuff` sends for ``message`` before stuffing (RFC 1939 §11: LIST sizes).
+
+    That is the message with CRLF line ends, and with the CRLF that ends an
+    unterminated last line (RETR has to send one before the "." line).
+    """
+    size = len(message) + len(_BARE_LF.findall(message))
+    return size + 2 if message and not message.endswith(b"\n") else size
 
 
 def byte_stuff(message: bytes) -> bytes:
