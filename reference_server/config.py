@@ -35,6 +35,7 @@ from yaml.constructor import ConstructorError
 __all__ = [
     "ConfigError",
     "FaultRule",
+    "ImapSettings",
     "Limits",
     "LineLimits",
     "ListenerConfig",
@@ -74,10 +75,13 @@ class ListenerKind(StrEnum):
     SUBMISSIONS = "submissions"  # submission over implicit TLS (RFC 8314 §3.3)
     POP3 = "pop3"  # POP3 (RFC 1939), STLS offered (RFC 2595)
     POP3S = "pop3s"  # POP3 over implicit TLS (RFC 8314 §3.3)
+    IMAP = "imap"  # IMAP4 (RFC 9051, RFC 3501), STARTTLS offered
+    IMAPS = "imaps"  # IMAP over implicit TLS (RFC 8314 §3.3)
 
 
 SMTP_KINDS: Final = frozenset({ListenerKind.MX, ListenerKind.SUBMISSION, ListenerKind.SUBMISSIONS})
 POP3_KINDS: Final = frozenset({ListenerKind.POP3, ListenerKind.POP3S})
+IMAP_KINDS: Final = frozenset({ListenerKind.IMAP, ListenerKind.IMAPS})
 
 
 class TlsMode(StrEnum):
@@ -94,6 +98,8 @@ _DEFAULT_PORT: Final[Mapping[ListenerKind, int]] = {
     ListenerKind.SUBMISSIONS: 465,  # RFC 8314 §7.3
     ListenerKind.POP3: 110,  # RFC 1939 §3
     ListenerKind.POP3S: 995,  # RFC 8314 §7.3
+    ListenerKind.IMAP: 143,  # RFC 9051 §2.1
+    ListenerKind.IMAPS: 993,  # RFC 8314 §7.3
 }
 _DEFAULT_TLS: Final[Mapping[ListenerKind, TlsMode]] = {
     ListenerKind.MX: TlsMode.STARTTLS,
@@ -101,6 +107,8 @@ _DEFAULT_TLS: Final[Mapping[ListenerKind, TlsMode]] = {
     ListenerKind.SUBMISSIONS: TlsMode.IMPLICIT,
     ListenerKind.POP3: TlsMode.STARTTLS,
     ListenerKind.POP3S: TlsMode.IMPLICIT,
+    ListenerKind.IMAP: TlsMode.STARTTLS,
+    ListenerKind.IMAPS: TlsMode.IMPLICIT,
 }
 
 
@@ -176,6 +184,23 @@ class Pop3Settings:
     max_auth_failures: int = 5  # failed logins in one session before it is closed
 
 
+# RFC 9051 §5.4: "If a server has an inactivity autologout timer that applies to
+# sessions after authentication, the duration of that timer MUST be at least 30 minutes."
+IMAP_MIN_AUTOLOGOUT: Final = 1800.0
+
+
+@dataclass(frozen=True, kw_only=True)
+class ImapSettings:
+    """How the IMAP listeners behave (docs/reference-server.md, section IMAP)."""
+
+    autologout: float = IMAP_MIN_AUTOLOGOUT  # seconds without a command after login
+    login_timeout: float = 60.0  # seconds to log in after connecting (not bound by §5.4)
+    plaintext_auth: bool = False  # LOGIN/AUTHENTICATE before STARTTLS (else LOGINDISABLED)
+    max_auth_failures: int = 5  # failed logins in one session before it is closed
+    max_line: int = 65536  # octets of a command line, literals excluded
+    max_literal: int = 64 * 1024 * 1024  # octets of one literal (APPEND size limit)
+
+
 @dataclass(frozen=True, kw_only=True)
 class FaultRule:
     """Fault injection for one listener (or ``*``) and one command (or ``*``).
@@ -221,6 +246,7 @@ class ServerConfig:
     listeners: Mapping[str, ListenerConfig]
     limits: Limits = field(default_factory=Limits)
     pop3: Pop3Settings = field(default_factory=Pop3Settings)
+    imap: ImapSettings = field(default_factory=ImapSettings)
     faults: tuple[FaultRule, ...] = ()
     source: Path | None = None
 
@@ -431,6 +457,7 @@ _TOP_KEYS: Final = (
     "listeners",
     "limits",
     "pop3",
+    "imap",
     "faults",
 )
 _DEFAULT_LISTENERS: Final[Mapping[str, Mapping[str, object]]] = {
@@ -490,6 +517,7 @@ def load_config(path: str | Path) -> ServerConfig:
     tls = _tls(r, top.get("tls"), listeners)
     limits = _limits(r, top.get("limits"))
     pop3 = _pop3(r, top.get("pop3"), listeners)
+    imap = _imap(r, top.get("imap"), listeners)
     faults = _faults(r, top.get("faults"), listeners)
     return ServerConfig(
         hostname=hostname,
@@ -501,6 +529,7 @@ def load_config(path: str | Path) -> ServerConfig:
         listeners=listeners,
         limits=limits,
         pop3=pop3,
+        imap=imap,
         faults=faults,
         source=path.absolute(),
     )
@@ -535,7 +564,8 @@ def _listeners(r: _Reader, value: object) -> dict[str, ListenerConfig]:
         tls = TlsMode(
             r.choice(spec.get("tls", _DEFAULT_TLS[kind].value), f"{key}.tls", "TLS mode", tls_modes)
         )
-        if kind in (ListenerKind.SUBMISSIONS, ListenerKind.POP3S) and tls is not TlsMode.IMPLICIT:
+        implicit_only = (ListenerKind.SUBMISSIONS, ListenerKind.POP3S, ListenerKind.IMAPS)
+        if kind in implicit_only and tls is not TlsMode.IMPLICIT:
             r.fail(f"{key}.tls", f"a {kind} listener uses implicit TLS (RFC 8314), got {tls}")
         if kind is ListenerKind.SUBMISSION and tls is TlsMode.NONE:
             r.fail(
@@ -672,6 +702,48 @@ def _pop3(r: _Reader, value: object, listeners: Mapping[str, ListenerConfig]) ->
                     f"listeners.{lst.name}.tls",
                     "a pop3 listener with tls: none needs pop3.plaintext_auth: true, "
                     "or nobody can log in; use tls: starttls (STLS, RFC 2595)",
+                )
+    return settings
+
+
+def _imap(r: _Reader, value: object, listeners: Mapping[str, ListenerConfig]) -> ImapSettings:
+    keys = (
+        "autologout",
+        "login_timeout",
+        "plaintext_auth",
+        "max_auth_failures",
+        "max_line",
+        "max_literal",
+    )
+    spec = r.section(value, "imap", keys)
+    d = ImapSettings()
+    autologout = r.positive(spec.get("autologout", d.autologout), "imap.autologout")
+    if autologout < IMAP_MIN_AUTOLOGOUT:
+        r.fail(
+            "imap.autologout",
+            f"expected at least {IMAP_MIN_AUTOLOGOUT:g} seconds (RFC 9051 §5.4: an autologout "
+            f"timer after authentication MUST be at least 30 minutes), got {autologout:g}",
+        )
+    settings = ImapSettings(
+        autologout=autologout,
+        login_timeout=r.positive(spec.get("login_timeout", d.login_timeout), "imap.login_timeout"),
+        plaintext_auth=r.boolean(
+            spec.get("plaintext_auth", d.plaintext_auth), "imap.plaintext_auth"
+        ),
+        max_auth_failures=r.integer(
+            spec.get("max_auth_failures", d.max_auth_failures), "imap.max_auth_failures", 1
+        ),
+        # RFC 7162 §4 recommends accepting command lines of at least 8192 octets
+        max_line=r.integer(spec.get("max_line", d.max_line), "imap.max_line", 8192),
+        max_literal=r.integer(spec.get("max_literal", d.max_literal), "imap.max_literal", 1024),
+    )
+    if not settings.plaintext_auth:
+        for lst in listeners.values():
+            if lst.kind is ListenerKind.IMAP and lst.tls is TlsMode.NONE:
+                r.fail(
+                    f"listeners.{lst.name}.tls",
+                    "an imap listener with tls: none needs imap.plaintext_auth: true, "
+                    "or nobody can log in; use tls: starttls (RFC 9051 §6.2.1)",
                 )
     return settings
 

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import NoReturn, TypeAlias
 
 __all__ = ["Cursor", "ImapSyntaxError", "ImapToken", "Literal"]
@@ -80,16 +81,24 @@ class ImapSyntaxError(Exception):
     Args:
         pos: offset in the response where matching failed.
         message: what was expected (and found), without the offset.
+
+    Attributes:
+        rule: the ABNF rule being matched, with its RFC (``"RFC 9051 §9 sequence-set"``),
+            when the caller knows it; the command parsers fill it in on the way up.
     """
 
     def __init__(self, pos: int, message: str) -> None:
         super().__init__(message)
         self.pos = pos
         self.message = message
+        self.rule: str | None = None
 
 
+@dataclass(frozen=True, slots=True)
 class Literal:
-    """Where a literal's octets sit inside the response bytes.
+    """Where a literal's octets sit inside the response (or command) bytes.
+
+    A value, so events holding literal maps compare equal when their bytes do.
 
     Args:
         start: offset of the first octet.
@@ -97,12 +106,9 @@ class Literal:
         binary: whether it was announced as literal8 (``~{n}``, RFC 3516).
     """
 
-    __slots__ = ("binary", "end", "start")
-
-    def __init__(self, start: int, end: int, binary: bool) -> None:
-        self.start = start
-        self.end = end
-        self.binary = binary
+    start: int
+    end: int
+    binary: bool
 
 
 class Cursor:
@@ -114,16 +120,25 @@ class Cursor:
             mapped to where its octets are.
         max_depth: how deeply parenthesised lists may nest.
         pos: where to start.
+        noun: what ``buf`` holds, for messages (``"response"``, or ``"command"`` on
+            the server side).
     """
 
     def __init__(
-        self, buf: bytes, literals: Mapping[int, Literal], max_depth: int, pos: int = 0
+        self,
+        buf: bytes,
+        literals: Mapping[int, Literal],
+        max_depth: int,
+        pos: int = 0,
+        *,
+        noun: str = "response",
     ) -> None:
         self.buf = buf
         self.literals = literals
         self.max_depth = max_depth
         self.pos = pos
         self.depth = 0
+        self.noun = noun
 
     # -- positioning -------------------------------------------------------
 
@@ -145,7 +160,7 @@ class Cursor:
 
     def describe(self, pos: int) -> str:
         if pos >= len(self.buf):
-            return "end of response"
+            return f"end of {self.noun}"
         return repr(self.buf[pos : pos + 12])
 
     def accept(self, byte: bytes) -> bool:
@@ -165,9 +180,9 @@ class Cursor:
         self.expect(b" ", "SP")
 
     def end(self) -> None:
-        """The response must end here (``CRLF`` follows)."""
+        """The response (or command) must end here (``CRLF`` follows)."""
         if not self.at_end():
-            self.fail("end of response (CRLF)")
+            self.fail(f"end of {self.noun} (CRLF)")
 
     def open_list(self) -> None:
         """``"("``, counting nesting depth against ``max_depth``."""

@@ -189,18 +189,19 @@ ERRORS = [
     pytest.param(
         LISTENER + "colour: blue\n",
         "colour: unknown key; known keys: hostname, domains, data_dir, accounts_file, "
-        "postmaster, tls, listeners, limits, pop3, faults",
+        "postmaster, tls, listeners, limits, pop3, imap, faults",
         id="unknown-key-lists",
     ),
     pytest.param(
-        LISTENER + "  p: {kind: imap}\n",
-        "listeners.p.kind: unknown kind 'imap'; expected one of mx, submission, submissions, "
-        "pop3, pop3s",
+        LISTENER + "  p: {kind: smtp}\n",
+        "listeners.p.kind: unknown kind 'smtp'; expected one of mx, submission, submissions, "
+        "pop3, pop3s, imap, imaps",
         id="unknown-kind",
     ),
     pytest.param(
         LISTENER + "  x: {port: 26}\n",
-        "listeners.x.kind: missing; give one of mx, submission, submissions, pop3, pop3s",
+        "listeners.x.kind: missing; give one of mx, submission, submissions, pop3, pop3s, imap, "
+        "imaps",
         id="kind-missing",
     ),
     pytest.param(
