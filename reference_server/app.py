@@ -10,11 +10,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 from .auth import Accounts
-from .config import POP3_KINDS, SMTP_KINDS, ServerConfig
+from .config import IMAP_KINDS, POP3_KINDS, SMTP_KINDS, ListenerKind, ServerConfig
+from .imap.server import ImapListener
 from .listener import Listener
 from .pop3.server import Pop3Listener
 from .smtp.server import SmtpListener
 from .storage import MaildirStore, OutboundSpool
+from .storage.imapstore import ImapStore
 from .throttle import FailureThrottle
 from .tls import resolve_tls_files, server_context
 
@@ -31,6 +33,7 @@ class MailServer:
         self.accounts = Accounts.load(config.accounts_file)
         self.store = MaildirStore(config.data_dir / "mail")
         self.spool = OutboundSpool(config.data_dir / "spool")
+        self.imap_store = ImapStore(config.data_dir / "mail")
         self.ca_file: Path | None = None  # set when a development CA was generated
         self.tls_context = self._tls_context()
         self.stopping = False
@@ -38,15 +41,14 @@ class MailServer:
         self.auth_throttle = FailureThrottle(config.limits.auth_failure_delay)
         self.pop3_logins: dict[str, float] = {}  # user -> time of the last login (LOGIN-DELAY)
         self.listeners: list[Listener] = []
+        kinds: list[tuple[frozenset[ListenerKind], type[Listener]]] = [
+            (SMTP_KINDS, SmtpListener),
+            (POP3_KINDS, Pop3Listener),
+            (IMAP_KINDS, ImapListener),
+        ]
         for name, lst in config.listeners.items():
-            if lst.kind in SMTP_KINDS:
-                self.listeners.append(
-                    SmtpListener(self, name, lst.kind, lst.tls, lst.host, lst.port)
-                )
-            elif lst.kind in POP3_KINDS:
-                self.listeners.append(
-                    Pop3Listener(self, name, lst.kind, lst.tls, lst.host, lst.port)
-                )
+            cls = next(c for group, c in kinds if lst.kind in group)
+            self.listeners.append(cls(self, name, lst.kind, lst.tls, lst.host, lst.port))
         self.bound: dict[str, tuple[str, int]] = {}
 
     def _tls_context(self) -> ssl.SSLContext | None:
@@ -73,6 +75,7 @@ class MailServer:
         """421 to every session, close the listeners, finish storage work."""
         self.stopping = True
         await asyncio.gather(*(listener.stop() for listener in self.listeners))
+        await asyncio.to_thread(self.imap_store.close)
         await self.store.close()
         await self.spool.close()
 

@@ -37,7 +37,8 @@ DEV_ACCOUNTS = ("alice", "bob")
 def dev_config(base_dir: Path, *, host: str = "127.0.0.1") -> tuple[ServerConfig, dict[str, str]]:
     """Write a complete development setup into ``base_dir`` and load it.
 
-    Listeners ``mx``, ``submission``, ``submissions``, ``pop3`` and ``pop3s`` listen on ``host``,
+    Listeners ``mx``, ``submission``, ``submissions``, ``pop3``, ``pop3s``, ``imap`` and
+    ``imaps`` listen on ``host``,
     port 0 (any free port). Each call makes new random passwords; the
     certificates are reused while they fit (see
     :func:`reference_server.tls.generate_dev_certificates`).
@@ -78,6 +79,8 @@ def dev_config(base_dir: Path, *, host: str = "127.0.0.1") -> tuple[ServerConfig
         "submissions": {"kind": "submissions", "host": host, "port": 0, "tls": "implicit"},
         "pop3": {"kind": "pop3", "host": host, "port": 0, "tls": "starttls"},
         "pop3s": {"kind": "pop3s", "host": host, "port": 0, "tls": "implicit"},
+        "imap": {"kind": "imap", "host": host, "port": 0, "tls": "starttls"},
+        "imaps": {"kind": "imaps", "host": host, "port": 0, "tls": "implicit"},
     }
     server = {
         "hostname": DEV_HOSTNAME,

@@ -10,6 +10,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 import contextlib
 import dataclasses
 import gc
+import imaplib
 import os
 import poplib
 import re
@@ -28,7 +29,13 @@ from scripted import ScriptedServer, TestCerts, make_test_certs
 from toymail import ToyMail
 
 from reference_server.app import MailServer
-from reference_server.config import FaultRule, Pop3Settings, ServerConfig, TlsConfig
+from reference_server.config import (
+    FaultRule,
+    ImapSettings,
+    Pop3Settings,
+    ServerConfig,
+    TlsConfig,
+)
 from reference_server.controller import ServerThread
 from reference_server.devsetup import dev_config
 from reference_server.tls import resolve_tls_files
@@ -277,6 +284,16 @@ class RawClient:
         self.close()
 
 
+class _ImapCloser:
+    """imaplib's close() is CLOSE (a command); teardown wants the socket shut."""
+
+    def __init__(self, client: imaplib.IMAP4) -> None:
+        self.client = client
+
+    def close(self) -> None:
+        self.client.shutdown()
+
+
 class RunningServer:
     """A reference server in a thread, and clients for it that are closed at teardown."""
 
@@ -400,6 +417,31 @@ class RunningServer:
             client.pass_(self.passwords[user])
         return client
 
+    def imap(self, user: str | None = None, *, starttls: bool = True) -> imaplib.IMAP4:
+        """The ``imap`` listener, after STARTTLS when ``starttls``, logged in if ``user``."""
+        host, port = self.addr("imap")
+        client = imaplib.IMAP4(host, port, timeout=IO_TIMEOUT)
+        self._clients.append(_ImapCloser(client))
+        if starttls:
+            client.starttls(ssl_context=self.tls_context())
+        if user is not None:
+            client.login(user, self.passwords[user])
+        return client
+
+    def imaps(self, user: str | None = None) -> imaplib.IMAP4_SSL:
+        """The implicit-TLS ``imaps`` listener, logged in as ``user`` if given."""
+        host, port = self.addr("imaps")
+        client = imaplib.IMAP4_SSL(host, port, ssl_context=self.tls_context(), timeout=IO_TIMEOUT)
+        self._clients.append(_ImapCloser(client))
+        if user is not None:
+            client.login(user, self.passwords[user])
+        return client
+
+    def track(self, client: Any) -> Any:
+        """Close ``client`` (anything with ``close()``) at teardown."""
+        self._clients.append(client)
+        return client
+
     # -- storage ------------------------------------------------------------------------
 
     def deliver(self, user: str, message: bytes) -> str:
@@ -460,8 +502,9 @@ def start_server(
     """``start_server(limits={...}, timeouts={...}, faults=[{...}])`` -> a running server.
 
     ``limits`` and ``timeouts`` override fields of :class:`~reference_server.config.Limits`
-    and :class:`~reference_server.config.Timeouts`, ``pop3`` those of
-    :class:`~reference_server.config.Pop3Settings`; ``faults`` are FaultRule keyword dicts.
+    and :class:`~reference_server.config.Timeouts`, ``pop3`` and ``imap`` those of
+    :class:`~reference_server.config.Pop3Settings` and ``ImapSettings``; ``faults`` are
+    FaultRule keyword dicts.
     ``data_dir`` reuses a directory (a restart over the same Maildirs).
     """
     base_config, passwords, ca_file = dev_setup
@@ -473,6 +516,7 @@ def start_server(
         timeouts: Mapping[str, Any] | None = None,
         faults: Sequence[Mapping[str, Any]] = (),
         pop3: Mapping[str, Any] | None = None,
+        imap: Mapping[str, Any] | None = None,
         data_dir: Path | None = None,
     ) -> RunningServer:
         defaults = base_config.limits
@@ -484,11 +528,13 @@ def start_server(
             **{"auth_failure_delay": 0.05, "timeouts": times, **(limits or {})},
         )
         pop3_settings = Pop3Settings(**{"autologout": 30.0, **(pop3 or {})})
+        imap_settings = ImapSettings(**{"autologout": 30.0, **(imap or {})})
         config = dataclasses.replace(
             base_config,
             data_dir=data_dir if data_dir is not None else tmp_path / f"data{len(started)}",
             limits=lim,
             pop3=pop3_settings,
+            imap=imap_settings,
             faults=tuple(FaultRule(**rule) for rule in faults),
         )
         srv = RunningServer(config, passwords, ca_file)

@@ -305,7 +305,10 @@ async def _store(session: SmtpSession, message: bytes) -> None:
     """Every local mailbox, then the spool for remote recipients; raises if any fails."""
     env, server = session.envelope, session.server
     if env.local:
-        await server.store.deliver(sorted(set(env.local.values())), message)
+        users = sorted(set(env.local.values()))
+        await server.store.deliver(users, message)
+        for user in users:  # IMAP sessions on these INBOXes (IDLE) hear of it now
+            server.imap_store.notify_delivery(user)
     if env.remote:
         peer = session.conn.peer[0]
         await server.spool.enqueue(env.sender or "", env.remote, message, received_from=peer)

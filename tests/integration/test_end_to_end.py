@@ -505,4 +505,12 @@ def test_check_runs_the_shipped_suites_against_the_embedded_server(tmp_path):
     assert summary["passed"] >= 12
     na = {r["id"]: r["message"] for r in data["results"] if r["status"] == "not_applicable"}
     assert all("the target offers no" in m for m in na.values()), na
-    assert set(data["target"]["services"]) == {"mx", "submission", "submissions", "pop3", "pop3s"}
+    assert set(data["target"]["services"]) == {
+        "mx",
+        "submission",
+        "submissions",
+        "pop3",
+        "pop3s",
+        "imap",
+        "imaps",
+    }

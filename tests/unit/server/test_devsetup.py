@@ -35,6 +35,8 @@ def test_dev_config_writes_a_loadable_config(dev):
         "submissions": (ListenerKind.SUBMISSIONS, "127.0.0.1", 0, "implicit"),
         "pop3": (ListenerKind.POP3, "127.0.0.1", 0, "starttls"),
         "pop3s": (ListenerKind.POP3S, "127.0.0.1", 0, "implicit"),
+        "imap": (ListenerKind.IMAP, "127.0.0.1", 0, "starttls"),
+        "imaps": (ListenerKind.IMAPS, "127.0.0.1", 0, "implicit"),
     }
 
 
@@ -124,7 +126,7 @@ def test_wildcard_and_mixed_hosts(dev, tmp_path):
     ("bound", "message"),
     [
         ({}, "no listeners are bound"),
-        ({"imap": ("127.0.0.1", 143)}, "not in the configuration"),
+        ({"web": ("127.0.0.1", 143)}, "not in the configuration"),
         ({"mx": ("127.0.0.1", 0)}, "not a bound port"),
         ({"mx": ("localhost", 25)}, "expected an IP address"),
     ],

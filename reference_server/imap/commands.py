@@ -1,0 +1,682 @@
+"""The IMAP commands of the authenticated and selected states (RFC 9051 §6.3, §6.4).
+
+Each handler takes the session and the typed command, sends its untagged
+responses and its completion, and leaves the session's state right. Disk
+work runs in worker threads (``asyncio.to_thread``); big FETCHes are built
+in batches, so responses start flowing before the last message is read.
+Store errors carry an RFC 5530 response code (``NONEXISTENT``, ``CANNOT``,
+...) that goes into the NO.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+from collections.abc import Iterable
+
+from conformance.wire import NEED_DATA, ConnectionClosed
+from conformance.wire.imap import (
+    Append,
+    CopyMove,
+    Create,
+    Expunge,
+    Fetch,
+    ListCommand,
+    MailboxCommand,
+    NoArguments,
+    Rename,
+    Search,
+    Select,
+    SequenceSet,
+    Status,
+    Store,
+    decode_mutf7,
+    encode_mutf7,
+    quote,
+)
+
+from ..storage.imapstore import ImapStoreError, InvalidFlag, Mailbox, MailboxNotFound
+from ..storage.mailbox_index import MessageInfo
+from . import fetch as fetching
+from . import search as searching
+from .message import ParsedMessage
+from .selected import SelectedMailbox
+from .session import AUTH, SELECTED, Close, ImapSession, State, register
+
+__all__ = ["FETCH_BATCH"]
+
+FETCH_BATCH = 256  # messages per worker-thread step of a FETCH
+SYSTEM_FLAGS = ("\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft")
+
+
+# -- helpers ----------------------------------------------------------------------------------
+
+
+def _name(session: ImapSession, tag: str, raw: str) -> str | None:
+    """The mailbox name from the wire (modified UTF-7, RFC 3501 §5.1.3); BAD if invalid."""
+    try:
+        return decode_mutf7(raw)
+    except ValueError as exc:
+        session.bad(tag, f"mailbox name: {exc}")
+        return None
+
+
+def _wire_name(name: str) -> bytes:
+    return quote(encode_mutf7(name))
+
+
+def _refused(session: ImapSession, tag: str, exc: ImapStoreError) -> None:
+    if isinstance(exc, InvalidFlag):
+        session.bad(tag, exc.reason)
+    else:
+        session.no(tag, exc.reason, getattr(exc, "code", None))
+
+
+def _store(session: ImapSession):  # type: ignore[no-untyped-def]
+    return session.server.imap_store
+
+
+def _uid_set(uids: Iterable[int]) -> str:
+    """``1:3,7`` for UIDPLUS responses (RFC 4315 §3: uid-set)."""
+    values = sorted(uids)
+    parts: list[str] = []
+    i = 0
+    while i < len(values):
+        j = i
+        while j + 1 < len(values) and values[j + 1] == values[j] + 1:
+            j += 1
+        parts.append(str(values[i]) if i == j else f"{values[i]}:{values[j]}")
+        i = j + 1
+    return ",".join(parts)
+
+
+def _selected(session: ImapSession) -> SelectedMailbox:
+    assert session.selected is not None
+    return session.selected
+
+
+def _flag_list(flags: Iterable[str]) -> bytes:
+    return b"(" + " ".join(flags).encode() + b")"
+
+
+# -- SELECT, EXAMINE, CLOSE, UNSELECT -----------------------------------------------------------
+
+
+async def _select(session: ImapSession, cmd: Select) -> None:
+    readonly = cmd.name == "EXAMINE"
+    # RFC 9051 §6.3.2: a failed SELECT leaves no mailbox selected
+    await asyncio.to_thread(session.close_mailbox)
+    name = _name(session, cmd.tag, cmd.mailbox)
+    if name is None:
+        return
+    loop = asyncio.get_running_loop()
+    event = asyncio.Event()
+
+    def wake() -> None:
+        loop.call_soon_threadsafe(event.set)
+
+    store = _store(session)
+    try:
+        mailbox: Mailbox = await asyncio.to_thread(store.open, session.user, name)
+        selection = await asyncio.to_thread(
+            mailbox.select, claim_recent=not readonly, callback=wake
+        )
+    except ImapStoreError as exc:
+        _refused(session, cmd.tag, exc)
+        return
+    condstore = cmd.condstore or "CONDSTORE" in session.enabled
+    if cmd.condstore:
+        session.enabled.add("CONDSTORE")
+    view = SelectedMailbox(mailbox, selection, readonly=readonly, event=event, condstore=condstore)
+    session.selected = view
+    session.state = State.SELECTED
+    keywords = list(selection.keywords)
+    flags = [*SYSTEM_FLAGS, *keywords]
+    session.untagged(b"FLAGS " + _flag_list(flags))
+    session.untagged(b"%d EXISTS" % len(selection.messages))
+    session.untagged(b"%d RECENT" % len(selection.recent))
+    unseen = next((i for i, m in enumerate(selection.messages, 1) if "\\Seen" not in m.flags), None)
+    if unseen is not None:
+        session.untagged(f"OK [UNSEEN {unseen}] first unseen message")
+    session.untagged(f"OK [UIDVALIDITY {selection.uidvalidity}] UIDs valid")
+    session.untagged(f"OK [UIDNEXT {selection.uidnext}] predicted next UID")
+    if readonly:
+        session.untagged("OK [PERMANENTFLAGS ()] read-only")
+    else:
+        permanent = [*flags, "\\*"] if selection.can_create_keywords else flags
+        session.untagged(b"OK [PERMANENTFLAGS " + _flag_list(permanent) + b"] flags allowed")
+    if condstore:
+        session.untagged(f"OK [HIGHESTMODSEQ {selection.highest_modseq}] mod-sequences")
+    mode = "READ-ONLY" if readonly else "READ-WRITE"
+    session.ok(cmd.tag, f"{cmd.name} completed", mode)
+
+
+async def _close(session: ImapSession, cmd: NoArguments) -> None:
+    view = _selected(session)
+    if not view.readonly:  # RFC 9051 §6.4.1: expunge silently, no EXPUNGE responses
+        with contextlib.suppress(ImapStoreError, OSError):
+            await asyncio.to_thread(view.mailbox.expunge, None, origin=view.watch)
+    await asyncio.to_thread(session.close_mailbox)
+    session.ok(cmd.tag, "CLOSE completed")
+
+
+async def _unselect(session: ImapSession, cmd: NoArguments) -> None:
+    await asyncio.to_thread(session.close_mailbox)
+    session.ok(cmd.tag, "UNSELECT completed")
+
+
+# -- mailbox management -----------------------------------------------------------------------
+
+
+async def _create(session: ImapSession, cmd: Create) -> None:
+    name = _name(session, cmd.tag, cmd.mailbox)
+    if name is None:
+        return
+    if name.upper() == "INBOX" or name.rstrip("/").upper() == "INBOX":
+        session.no(cmd.tag, "INBOX exists already", "ALREADYEXISTS")
+        return
+    if cmd.special_use:
+        session.no(cmd.tag, "CREATE-SPECIAL-USE is not offered", "USEATTR")
+        return
+    try:
+        await asyncio.to_thread(_store(session).create, session.user, name)
+    except ImapStoreError as exc:
+        _refused(session, cmd.tag, exc)
+        return
+    session.ok(cmd.tag, "CREATE completed")
+
+
+async def _delete(session: ImapSession, cmd: MailboxCommand) -> None:
+    name = _name(session, cmd.tag, cmd.mailbox)
+    if name is None:
+        return
+    if session.selected is not None and session.selected.name == name:
+        await asyncio.to_thread(session.close_mailbox)
+    try:
+        await asyncio.to_thread(_store(session).delete, session.user, name)
+    except ImapStoreError as exc:
+        _refused(session, cmd.tag, exc)
+        return
+    session.ok(cmd.tag, "DELETE completed")
+
+
+async def _rename(session: ImapSession, cmd: Rename) -> None:
+    old = _name(session, cmd.tag, cmd.source)
+    new = _name(session, cmd.tag, cmd.destination) if old is not None else None
+    if old is None or new is None:
+        return
+    try:
+        await asyncio.to_thread(_store(session).rename, session.user, old, new)
+    except ImapStoreError as exc:
+        _refused(session, cmd.tag, exc)
+        return
+    session.ok(cmd.tag, "RENAME completed")
+
+
+async def _subscribe(session: ImapSession, cmd: MailboxCommand) -> None:
+    name = _name(session, cmd.tag, cmd.mailbox)
+    if name is None:
+        return
+    store = _store(session)
+    try:
+        if cmd.name == "SUBSCRIBE":
+            await asyncio.to_thread(store.subscribe, session.user, name)
+        else:
+            await asyncio.to_thread(store.unsubscribe, session.user, name)
+    except ImapStoreError as exc:
+        _refused(session, cmd.tag, exc)
+        return
+    session.ok(cmd.tag, f"{cmd.name} completed")
+
+
+def _pattern(text: str) -> re.Pattern[str]:
+    """RFC 9051 §6.3.9: ``*`` matches anything, ``%`` anything but the delimiter."""
+    out = []
+    for ch in text:
+        if ch == "*":
+            out.append(".*")
+        elif ch == "%":
+            out.append("[^/]*")
+        else:
+            out.append(re.escape(ch))
+    body = "".join(out)
+    # INBOX is case-insensitive: match it so, whatever case the pattern uses
+    if body[:5].upper() == "INBOX":
+        body = "(?i:INBOX)" + body[5:]
+    return re.compile(body, re.DOTALL)
+
+
+async def _list(session: ImapSession, cmd: ListCommand) -> None:
+    reference = _name(session, cmd.tag, cmd.reference)
+    if reference is None:
+        return
+    patterns: list[str] = []
+    for raw in cmd.patterns:
+        decoded = _name(session, cmd.tag, raw)
+        if decoded is None:
+            return
+        patterns.append(decoded)
+    lsub = cmd.name == "LSUB"
+    if not lsub and patterns == [""]:
+        # RFC 9051 §6.3.9: the hierarchy delimiter and the root of the reference
+        root = reference.split("/", 1)[0] + "/" if "/" in reference else ""
+        session.untagged(b'LIST (\\Noselect) "/" ' + _wire_name(root))
+        session.ok(cmd.tag, "LIST completed")
+        return
+    try:
+        infos = await asyncio.to_thread(_store(session).list_mailboxes, session.user)
+    except ImapStoreError as exc:
+        _refused(session, cmd.tag, exc)
+        return
+    regexes = [_pattern(reference + p) for p in patterns]
+    subscribed_only = lsub or "SUBSCRIBED" in cmd.selection
+    special_only = "SPECIAL-USE" in cmd.selection
+    show_subscribed = "SUBSCRIBED" in cmd.selection or "SUBSCRIBED" in cmd.return_options
+    verb = "LSUB" if lsub else "LIST"
+    for info in infos:
+        if not any(r.fullmatch(info.name) for r in regexes):
+            continue
+        if subscribed_only and not info.subscribed:
+            continue
+        attrs = set(info.attributes)
+        if special_only and not attrs & {"\\Sent", "\\Drafts", "\\Trash", "\\Junk", "\\Archive"}:
+            continue
+        if lsub:
+            attrs = {a for a in attrs if a in ("\\Noselect", "\\NonExistent")}
+            if "\\NonExistent" in attrs:
+                attrs = {"\\Noselect"}
+        elif "\\NonExistent" in attrs and not subscribed_only:
+            continue  # subscribed but gone: only LSUB and LIST (SUBSCRIBED) show it
+        if show_subscribed and info.subscribed:
+            attrs.add("\\Subscribed")
+        flags = " ".join(sorted(attrs)).encode()
+        session.untagged(
+            verb.encode()
+            + b" ("
+            + flags
+            + b') "'
+            + info.delimiter.encode()
+            + b'" '
+            + _wire_name(info.name)
+        )
+    session.ok(cmd.tag, f"{verb} completed")
+
+
+_STATUS_ITEMS = {
+    "MESSAGES": "messages",
+    "UIDNEXT": "uidnext",
+    "UIDVALIDITY": "uidvalidity",
+    "UNSEEN": "unseen",
+    "DELETED": "deleted",
+    "SIZE": "size",
+    "RECENT": "recent",
+    "HIGHESTMODSEQ": "highestmodseq",
+}
+
+
+async def _status(session: ImapSession, cmd: Status) -> None:
+    name = _name(session, cmd.tag, cmd.mailbox)
+    if name is None:
+        return
+    unknown = [item for item in cmd.items if item not in _STATUS_ITEMS]
+    if unknown:
+        session.bad(cmd.tag, f"unknown STATUS item {unknown[0]}")
+        return
+    try:
+        mailbox = await asyncio.to_thread(_store(session).open, session.user, name)
+        status = await asyncio.to_thread(mailbox.status)
+    except ImapStoreError as exc:
+        _refused(session, cmd.tag, exc)
+        return
+    values = " ".join(f"{item} {getattr(status, _STATUS_ITEMS[item])}" for item in cmd.items)
+    session.untagged(b"STATUS " + _wire_name(mailbox.name) + f" ({values})".encode())
+    session.ok(cmd.tag, "STATUS completed")
+
+
+async def _append(session: ImapSession, cmd: Append) -> None:
+    name = _name(session, cmd.tag, cmd.mailbox)
+    if name is None:
+        return
+    view = session.selected
+    try:
+        mailbox = await asyncio.to_thread(_store(session).open, session.user, name)
+        origin = view.watch if view is not None and view.mailbox is mailbox else None
+        uid = await asyncio.to_thread(
+            mailbox.append, cmd.message, cmd.flags, cmd.internal_date, origin=origin
+        )
+    except MailboxNotFound as exc:
+        session.no(cmd.tag, exc.reason, "TRYCREATE")  # RFC 9051 §6.3.12
+        return
+    except ImapStoreError as exc:
+        _refused(session, cmd.tag, exc)
+        return
+    if view is not None:
+        await asyncio.to_thread(view.refresh)
+    session.ok(cmd.tag, "APPEND completed", f"APPENDUID {mailbox.uidvalidity} {uid}")
+
+
+# -- selected state ---------------------------------------------------------------------------
+
+
+async def _check(session: ImapSession, cmd: NoArguments) -> None:
+    view = _selected(session)
+    await asyncio.to_thread(view.mailbox.flush)
+    await asyncio.to_thread(view.refresh)
+    session.ok(cmd.tag, "CHECK completed")
+
+
+async def _expunge(session: ImapSession, cmd: Expunge) -> None:
+    view = _selected(session)
+    if view.readonly:
+        session.no(cmd.tag, "the mailbox is read-only (EXAMINE)", "READ-ONLY")
+        return
+    await asyncio.to_thread(view.refresh)
+    uids = None
+    if cmd.sequence is not None:
+        uids = [uid for _, uid in view.resolve(cmd.sequence, uid=True)]
+    try:
+        gone = await asyncio.to_thread(view.mailbox.expunge, uids, origin=view.watch)
+    except (ImapStoreError, OSError) as exc:
+        session.no(cmd.tag, f"expunge failed: {exc}", "SERVERBUG")
+        return
+    session.send(view.forget(gone))
+    session.ok(cmd.tag, "EXPUNGE completed")
+
+
+def _numbers_ok(
+    session: ImapSession, tag: str, view: SelectedMailbox, sequence: SequenceSet
+) -> bool:
+    if sequence.saved:
+        session.bad(tag, "$ (SEARCHRES, RFC 5182) is not offered")
+        return False
+    if not view.valid_numbers(sequence):
+        session.bad(tag, f"invalid message sequence number in {sequence} (RFC 9051 §9 seq-number)")
+        return False
+    return True
+
+
+async def _search(session: ImapSession, cmd: Search) -> None:
+    view = _selected(session)
+    if cmd.return_options is not None and "SAVE" in cmd.return_options:
+        session.bad(cmd.tag, "RETURN (SAVE) needs SEARCHRES (RFC 5182), which is not offered")
+        return
+    problem = searching.check_charset(cmd.charset)
+    if problem is not None:
+        session.no(cmd.tag, problem, "BADCHARSET (UTF-8 US-ASCII)")
+        return
+    mailbox = view.mailbox
+    infos = {m.uid: m for m in await asyncio.to_thread(mailbox.snapshot)}
+    recent = view.watch.recent
+    entries = [
+        (seq, infos[uid], uid in recent)
+        for seq, uid in enumerate(view.uids, start=1)
+        if uid in infos
+    ]
+
+    def load(info: MessageInfo) -> bytes | None:
+        try:
+            return mailbox.read(info.uid)
+        except (ImapStoreError, OSError):
+            return None
+
+    numbers = await asyncio.to_thread(
+        searching.search,
+        cmd.criteria,
+        entries,
+        max_seq=len(view.uids),
+        max_uid=view.uids[-1] if view.uids else 0,
+        load=load,
+    )
+    results = [view.uids[n - 1] for n in numbers] if cmd.uid else list(numbers)
+    modseq = None
+    modseqs = None
+    if searching.uses_modseq(cmd.criteria):
+        modseqs = [infos[view.uids[n - 1]].modseq for n in numbers]
+        modseq = max(modseqs, default=None)
+    if cmd.return_options is not None:
+        session.send(
+            searching.format_esearch(
+                cmd.tag, results, cmd.return_options, uid=cmd.uid, modseqs=modseqs
+            )
+        )
+    else:
+        session.send(searching.format_search(results, modseq=modseq))
+    session.expunge_allowed = cmd.uid  # RFC 9051 §7.5.1: no EXPUNGE during SEARCH
+    try:
+        session.ok(cmd.tag, f"{'UID ' if cmd.uid else ''}SEARCH completed")
+    finally:
+        session.expunge_allowed = True
+
+
+async def _fetch(session: ImapSession, cmd: Fetch) -> None:
+    view = _selected(session)
+    if not cmd.uid and not _numbers_ok(session, cmd.tag, view, cmd.sequence):
+        return
+    problem = fetching.check_items(cmd.items)
+    if problem is not None:
+        session.bad(cmd.tag, problem)
+        return
+    if cmd.changedsince is not None and not view.condstore:
+        view.condstore = True  # RFC 7162 §3.1: CHANGEDSINCE enables CONDSTORE
+        session.enabled.add("CONDSTORE")
+    targets = list(view.resolve(cmd.sequence, uid=cmd.uid))
+    mailbox = view.mailbox
+    seen = fetching.sets_seen(cmd.items) and not view.readonly
+    if seen:
+        uids = [uid for _, uid in targets]
+        await asyncio.to_thread(mailbox.store, uids, "add", ["\\Seen"], origin=view.watch)
+    infos = {m.uid: m for m in await asyncio.to_thread(mailbox.snapshot)}
+    body = fetching.needs_body(cmd.items)
+    recent = view.watch.recent
+    missing = 0
+
+    unknown_cte: list[str] = []
+
+    def build(batch: list[tuple[int, int]]) -> tuple[bytes, int]:
+        out = bytearray()
+        lost = 0
+        for seq, uid in batch:
+            info = infos.get(uid)
+            if info is None:
+                lost += 1
+                continue
+            if cmd.changedsince is not None and info.modseq <= cmd.changedsince:
+                continue
+            message = None
+            if body:
+                try:
+                    message = ParsedMessage.parse(mailbox.read(uid))
+                except (ImapStoreError, OSError):
+                    lost += 1
+                    continue
+            try:
+                out += fetching.fetch_response(
+                    seq,
+                    info,
+                    cmd.items,
+                    recent=uid in recent,
+                    message=message,
+                    include_uid=cmd.uid,
+                    include_flags=seen and "\\Seen" in info.flags,
+                    modseq=view.condstore,
+                )
+            except fetching.UnknownCte as exc:
+                unknown_cte.append(str(exc) or f"message {seq}: unknown transfer encoding")
+        return bytes(out), lost
+
+    for start in range(0, len(targets), FETCH_BATCH):
+        chunk, lost = await asyncio.to_thread(build, targets[start : start + FETCH_BATCH])
+        missing += lost
+        session.send(chunk)
+        await session.flush()
+    session.expunge_allowed = cmd.uid
+    try:
+        if unknown_cte:  # RFC 9051 §6.4.5: BINARY of a part we cannot decode
+            session.no(cmd.tag, unknown_cte[0], "UNKNOWN-CTE")
+        elif missing:
+            session.no(cmd.tag, "some of the messages no longer exist", "EXPUNGEISSUED")
+        else:
+            session.ok(cmd.tag, f"{'UID ' if cmd.uid else ''}FETCH completed")
+    finally:
+        session.expunge_allowed = True
+
+
+async def _store_flags(session: ImapSession, cmd: Store) -> None:
+    view = _selected(session)
+    if not cmd.uid and not _numbers_ok(session, cmd.tag, view, cmd.sequence):
+        return
+    if view.readonly:
+        session.no(cmd.tag, "the mailbox is read-only (EXAMINE)", "READ-ONLY")
+        return
+    targets = list(view.resolve(cmd.sequence, uid=cmd.uid))
+    mode = {"add": "add", "remove": "remove", "set": "replace"}[cmd.action]
+    mailbox = view.mailbox
+    try:
+        result = await asyncio.to_thread(
+            mailbox.store,
+            [uid for _, uid in targets],
+            mode,  # type: ignore[arg-type]
+            cmd.flags,
+            unchanged_since=cmd.unchangedsince,
+            origin=view.watch,
+        )
+    except ImapStoreError as exc:
+        _refused(session, cmd.tag, exc)
+        return
+    if cmd.unchangedsince is not None:
+        view.condstore = True
+    modified = set(result.modified)
+    if not cmd.silent or view.condstore:
+        infos = {m.uid: m for m in await asyncio.to_thread(mailbox.snapshot)}
+        changed = set(result.changed)
+        for seq, uid in targets:
+            info = infos.get(uid)
+            if info is None or uid in modified:
+                continue
+            if cmd.silent and uid not in changed:
+                continue
+            session.send(
+                fetching.flags_response(
+                    seq, info, recent=uid in view.watch.recent, uid=cmd.uid, modseq=view.condstore
+                )
+            )
+    session.expunge_allowed = cmd.uid
+    try:
+        if modified:
+            positions = view.positions()
+            numbers = modified if cmd.uid else {positions[u] for u in modified if u in positions}
+            session.ok(
+                cmd.tag, "conditional STORE failed for some", f"MODIFIED {_uid_set(numbers)}"
+            )
+        else:
+            session.ok(cmd.tag, f"{'UID ' if cmd.uid else ''}STORE completed")
+    finally:
+        session.expunge_allowed = True
+
+
+async def _copy_move(session: ImapSession, cmd: CopyMove) -> None:
+    view = _selected(session)
+    if not cmd.uid and not _numbers_ok(session, cmd.tag, view, cmd.sequence):
+        return
+    move = cmd.name == "MOVE"
+    if move and view.readonly:
+        session.no(cmd.tag, "the mailbox is read-only (EXAMINE)", "READ-ONLY")
+        return
+    name = _name(session, cmd.tag, cmd.mailbox)
+    if name is None:
+        return
+    uids = [uid for _, uid in view.resolve(cmd.sequence, uid=cmd.uid)]
+    try:
+        dest = await asyncio.to_thread(_store(session).open, session.user, name)
+        transfer = view.mailbox.move if move else view.mailbox.copy
+        pairs = await asyncio.to_thread(transfer, uids, dest, origin=view.watch)
+    except MailboxNotFound as exc:
+        session.no(cmd.tag, exc.reason, "TRYCREATE")
+        return
+    except ImapStoreError as exc:
+        _refused(session, cmd.tag, exc)
+        return
+    code = None
+    if pairs:
+        src = _uid_set(p[0] for p in pairs)
+        dst = _uid_set(p[1] for p in pairs)
+        code = f"COPYUID {dest.uidvalidity} {src} {dst}"
+    if move:
+        if code is not None:
+            session.untagged(f"OK [{code}] moved")  # RFC 6851 §4.3
+        session.send(view.forget([p[0] for p in pairs]))
+        session.ok(cmd.tag, "MOVE completed")
+    else:
+        session.ok(cmd.tag, "COPY completed", code)
+
+
+async def _idle(session: ImapSession, cmd: NoArguments) -> None:
+    """RFC 2177: push news about the selected mailbox until the client says DONE."""
+    view = session.selected
+    session.send(b"+ idling\r\n")
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + session.settings.autologout
+    while True:
+        line = session.reader.next_line()
+        if isinstance(line, bytes):
+            if line.strip().upper() != b"DONE":
+                session.bad(cmd.tag, "expected DONE to end IDLE (RFC 2177 §3)")
+                return
+            break
+        if isinstance(line, ConnectionClosed):
+            raise Close
+        if line is not NEED_DATA:
+            session.bad(cmd.tag, "bad line during IDLE")
+            return
+        if view is not None:
+            view.event.clear()
+            await asyncio.to_thread(view.refresh)
+            session.send(view.pending_updates(allow_expunge=True))
+        await session.flush()
+        remaining = deadline - loop.time()
+        if remaining <= 0:
+            session.untagged("BYE autologout during IDLE (RFC 9051 §5.4)")
+            raise Close
+        read: asyncio.Future[bytes] = asyncio.ensure_future(session.conn.read(remaining))
+        waits: set[asyncio.Future[object]] = {read}  # type: ignore[arg-type]
+        if view is not None:
+            waits.add(asyncio.ensure_future(view.event.wait()))
+        done, pending = await asyncio.wait(
+            waits, timeout=min(IDLE_POLL, remaining), return_when=asyncio.FIRST_COMPLETED
+        )
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+        if read in done:
+            if read.exception() is not None:
+                session.untagged("BYE autologout during IDLE (RFC 9051 §5.4)")
+                raise Close
+            session.reader.receive_data(read.result())
+    session.ok(cmd.tag, "IDLE terminated")
+
+
+IDLE_POLL = 2.0  # seconds between rescans during IDLE, for deliveries by other processes
+
+
+register("SELECT", AUTH, _select)
+register("EXAMINE", AUTH, _select)
+register("CREATE", AUTH, _create)
+register("DELETE", AUTH, _delete)
+register("RENAME", AUTH, _rename)
+register("SUBSCRIBE", AUTH, _subscribe)
+register("UNSUBSCRIBE", AUTH, _subscribe)
+register("LIST", AUTH, _list)
+register("LSUB", AUTH, _list)
+register("STATUS", AUTH, _status)
+register("APPEND", AUTH, _append)
+register("IDLE", AUTH, _idle)
+register("CHECK", SELECTED, _check)
+register("CLOSE", SELECTED, _close)
+register("UNSELECT", SELECTED, _unselect)
+register("EXPUNGE", SELECTED, _expunge)
+register("SEARCH", SELECTED, _search)
+register("FETCH", SELECTED, _fetch)
+register("STORE", SELECTED, _store_flags)
+register("COPY", SELECTED, _copy_move)
+register("MOVE", SELECTED, _copy_move)
