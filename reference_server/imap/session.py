@@ -86,6 +86,7 @@ BASE_CAPABILITIES = (
     "UNSELECT",
     "CHILDREN",
     "SPECIAL-USE",
+    "CONDSTORE",
 )
 
 
@@ -260,6 +261,11 @@ class ImapSession:
         if isinstance(parsed, ImapBadCommand):
             self.bad(parsed.tag, parsed.reason, parsed.code)
             return
+        view = self.selected
+        if view is not None and view.event.is_set():
+            # another session changed the mailbox: its news goes out with this command
+            view.event.clear()
+            await asyncio.to_thread(view.refresh)
         await handler(self, parsed)
 
     def close_mailbox(self) -> None:
@@ -372,8 +378,12 @@ class ImapSession:
     # -- authenticated ----------------------------------------------------------------------
 
     async def _enable(self, cmd: Enable) -> None:
-        # RFC 5161 §3.1: list only what this command newly enabled; nothing is offered yet
-        self.untagged("ENABLED")
+        # RFC 5161 §3.1: list only what this command newly enabled; unknown ones are ignored
+        newly = [c for c in cmd.capabilities if c in ENABLEABLE and c not in self.enabled]
+        self.enabled.update(newly)
+        if "CONDSTORE" in newly and self.selected is not None:
+            self.selected.condstore = True
+        self.untagged("ENABLED" + "".join(f" {c}" for c in newly))
         self.ok(cmd.tag, "ENABLE completed")
 
     async def _namespace(self, cmd: ParsedCommand) -> None:
@@ -382,6 +392,7 @@ class ImapSession:
         self.ok(cmd.tag, "NAMESPACE completed")
 
 
+ENABLEABLE = frozenset({"CONDSTORE"})  # RFC 7162 §3.1: ENABLE CONDSTORE turns it on
 ANY = frozenset(State)
 NOT_AUTH = frozenset({State.NOT_AUTHENTICATED})
 AUTH = frozenset({State.AUTHENTICATED, State.SELECTED})
