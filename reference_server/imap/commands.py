@@ -514,7 +514,7 @@ async def _fetch(session: ImapSession, cmd: Fetch) -> None:
     try:
         if unknown_cte:  # RFC 9051 §6.4.5: BINARY of a part we cannot decode
             session.no(cmd.tag, unknown_cte[0], "UNKNOWN-CTE")
-        elif missing:
+        elif missing and not cmd.uid:  # RFC 9051 §6.4.9: UIDs that are gone are ignored
             session.no(cmd.tag, "some of the messages no longer exist", "EXPUNGEISSUED")
         else:
             session.ok(cmd.tag, f"{'UID ' if cmd.uid else ''}FETCH completed")

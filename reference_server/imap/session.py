@@ -47,6 +47,7 @@ from conformance.wire.imap import (
 )
 
 from ..auth import decode_plain
+from ..storage.imapstore import MailboxNotFound
 from ..transport import ConnectionTimeout
 
 if TYPE_CHECKING:
@@ -262,11 +263,19 @@ class ImapSession:
             self.bad(parsed.tag, parsed.reason, parsed.code)
             return
         view = self.selected
-        if view is not None and view.event.is_set():
-            # another session changed the mailbox: its news goes out with this command
-            view.event.clear()
-            await asyncio.to_thread(view.refresh)
-        await handler(self, parsed)
+        try:
+            if view is not None and view.event.is_set():
+                # another session changed the mailbox: its news goes out with this command
+                view.event.clear()
+                await asyncio.to_thread(view.refresh)
+            await handler(self, parsed)
+        except MailboxNotFound:
+            if view is None or self.selected is not view:
+                raise
+            # RFC 2180 §3: the selected mailbox was deleted or renamed elsewhere; of the
+            # ways the RFC allows, ending the session is the one every client understands
+            self.untagged("BYE [NONEXISTENT] the selected mailbox was deleted or renamed")
+            raise Close from None
 
     def close_mailbox(self) -> None:
         """Leave the selected state without expunging (UNSELECT, or the session ends)."""
