@@ -91,6 +91,15 @@ def _uid_set(uids: Iterable[int]) -> str:
     return ",".join(parts)
 
 
+_BARE_LF = re.compile(rb"(?<!\r)\n")
+
+
+def _crlf(message: bytes) -> bytes:
+    """APPENDed text with bare LFs made CRLF, as IMAP serves it (RFC 9051 §2.3.4: sizes
+    count the CRLF form), so RFC822.SIZE is simply the stored size."""
+    return _BARE_LF.sub(b"\r\n", message) if b"\n" in message else message
+
+
 def _selected(session: ImapSession) -> SelectedMailbox:
     assert session.selected is not None
     return session.selected
@@ -274,11 +283,13 @@ async def _list(session: ImapSession, cmd: ListCommand) -> None:
     special_only = "SPECIAL-USE" in cmd.selection
     show_subscribed = "SUBSCRIBED" in cmd.selection or "SUBSCRIBED" in cmd.return_options
     verb = "LSUB" if lsub else "LIST"
+    shown: set[str] = set()
     for info in infos:
         if not any(r.fullmatch(info.name) for r in regexes):
             continue
         if subscribed_only and not info.subscribed:
             continue
+        shown.add(info.name)
         attrs = set(info.attributes)
         if special_only and not attrs & {"\\Sent", "\\Drafts", "\\Trash", "\\Junk", "\\Archive"}:
             continue
@@ -300,6 +311,18 @@ async def _list(session: ImapSession, cmd: ListCommand) -> None:
             + b'" '
             + _wire_name(info.name)
         )
+    if lsub:
+        # RFC 3501 §6.3.9: with "foo/bar" subscribed and "foo" not, "%" must return
+        # foo, flagged \Noselect
+        for info in infos:
+            if not info.subscribed or any(r.fullmatch(info.name) for r in regexes):
+                continue
+            levels = info.name.split("/")
+            for depth in range(1, len(levels)):
+                superior = "/".join(levels[:depth])
+                if superior not in shown and any(r.fullmatch(superior) for r in regexes):
+                    shown.add(superior)
+                    session.untagged(b'LSUB (\\Noselect) "/" ' + _wire_name(superior))
     session.ok(cmd.tag, f"{verb} completed")
 
 
@@ -343,7 +366,7 @@ async def _append(session: ImapSession, cmd: Append) -> None:
         mailbox = await asyncio.to_thread(_store(session).open, session.user, name)
         origin = view.watch if view is not None and view.mailbox is mailbox else None
         uid = await asyncio.to_thread(
-            mailbox.append, cmd.message, cmd.flags, cmd.internal_date, origin=origin
+            mailbox.append, _crlf(cmd.message), cmd.flags, cmd.internal_date, origin=origin
         )
     except MailboxNotFound as exc:
         session.no(cmd.tag, exc.reason, "TRYCREATE")  # RFC 9051 §6.3.12

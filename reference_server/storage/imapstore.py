@@ -115,6 +115,7 @@ import errno
 import itertools
 import logging
 import os
+import re
 import secrets
 import shutil
 import socket
@@ -1143,7 +1144,8 @@ class Mailbox:
                     continue
                 name = moved
             flags, unknown = parse(name.partition(":")[2])
-            uid = self._add(name, st.st_size, int(st.st_mtime), flags)
+            size = _rfc822_size(os.path.join(self._cur, name), name, st.st_size)
+            uid = self._add(name, size, int(st.st_mtime), flags)
             self._entries[uid].unknown = unknown
             delta.added.append(uid)
         return delta
@@ -1257,6 +1259,28 @@ class Mailbox:
 # -- the store ------------------------------------------------------------------------------
 
 _stores: weakref.WeakSet[ImapStore] = weakref.WeakSet()
+
+
+_BARE_LF = re.compile(rb"(?<!\r)\n")
+_VIRTUAL_SIZE = re.compile(r",W=(\d+)")
+
+
+def _rfc822_size(path: str, name: str, size: int) -> int:
+    """RFC822.SIZE of a file found on disk: its octets with CRLF line ends (RFC 9051 §2.3.4).
+
+    Files from other programs (procmail, Dovecot) may use bare LF, which IMAP
+    serves as CRLF; Dovecot's ``,W=`` in the name gives it, else the file is
+    read once (the index keeps the result).
+    """
+    m = _VIRTUAL_SIZE.search(name.partition(":")[0])
+    if m is not None:
+        return int(m[1])
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError:
+        return size
+    return len(data) + len(_BARE_LF.findall(data))
 
 
 def notify_delivery(user: str) -> None:
