@@ -19,6 +19,7 @@ import binascii
 import hashlib
 import hmac
 import os
+import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -218,9 +219,15 @@ class Accounts:
             a hash, or an address is malformed or belongs to two accounts.
     """
 
+    # A verified password is remembered this long (a keyed hash of it, in memory only),
+    # so clients that log in again and again do not pay the scrypt cost each time.
+    VERIFIED_TTL = 900.0
+
     def __init__(self, entries: Iterable[Account]) -> None:
         self._by_name: dict[str, Account] = {}
         self._by_address: dict[str, Account] = {}
+        self._verified: dict[str, tuple[bytes, float]] = {}  # user -> (HMAC(password), until)
+        self._cache_key = os.urandom(32)
         for account in entries:
             name = account.username
             problem = _username_problem(name) or _password_problem(account.password_hash)
@@ -291,7 +298,19 @@ class Accounts:
         if account is None:
             verify_password(password, _DUMMY_HASH)
             return None
-        return account if verify_password(password, account.password_hash) else None
+        # like Dovecot's auth cache: a success is remembered (never a failure, so
+        # guessing still costs a full verification and the server's failure delay)
+        tag = hmac.new(
+            self._cache_key, password.encode("utf-8", "surrogatepass"), hashlib.sha256
+        ).digest()
+        now = time.monotonic()
+        known = self._verified.get(username)
+        if known is not None and known[1] > now and hmac.compare_digest(known[0], tag):
+            return account
+        if not verify_password(password, account.password_hash):
+            return None
+        self._verified[username] = (tag, now + self.VERIFIED_TTL)
+        return account
 
     async def authenticate_async(self, username: str, password: str) -> Account | None:
         """:meth:`authenticate` in a worker thread, so the event loop keeps serving.

@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import re
 from collections.abc import Iterable
+from typing import cast
 
 from conformance.wire import NEED_DATA, ConnectionClosed
 from conformance.wire.imap import (
@@ -40,6 +41,7 @@ from ..storage.imapstore import ImapStoreError, InvalidFlag, Mailbox, MailboxNot
 from ..storage.mailbox_index import MessageInfo
 from . import fetch as fetching
 from . import search as searching
+from .cache import StructureCache, unique_of
 from .message import ParsedMessage
 from .selected import SelectedMailbox
 from .session import AUTH, SELECTED, Close, ImapSession, State, register
@@ -47,6 +49,9 @@ from .session import AUTH, SELECTED, Close, ImapSession, State, register
 __all__ = ["FETCH_BATCH"]
 
 FETCH_BATCH = 256  # messages per worker-thread step of a FETCH
+STRUCTURES = StructureCache()
+INLINE_SEARCH = 20_000  # a SEARCH on flags alone over at most this many runs on the loop
+_STRUCTURE_ITEMS = frozenset({"ENVELOPE", "BODY", "BODYSTRUCTURE"})
 SYSTEM_FLAGS = ("\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft")
 
 
@@ -429,13 +434,8 @@ async def _search(session: ImapSession, cmd: Search) -> None:
         session.no(cmd.tag, problem, "BADCHARSET (UTF-8 US-ASCII)")
         return
     mailbox = view.mailbox
-    infos = {m.uid: m for m in await asyncio.to_thread(mailbox.snapshot)}
     recent = view.watch.recent
-    entries = [
-        (seq, infos[uid], uid in recent)
-        for seq, uid in enumerate(view.uids, start=1)
-        if uid in infos
-    ]
+    uids = list(view.uids)
 
     def load(info: MessageInfo) -> bytes | None:
         try:
@@ -443,28 +443,47 @@ async def _search(session: ImapSession, cmd: Search) -> None:
         except (ImapStoreError, OSError):
             return None
 
-    numbers = await asyncio.to_thread(
-        searching.search,
-        cmd.criteria,
-        entries,
-        max_seq=len(view.uids),
-        max_uid=view.uids[-1] if view.uids else 0,
-        load=load,
-    )
-    results = [view.uids[n - 1] for n in numbers] if cmd.uid else list(numbers)
-    modseq = None
-    modseqs = None
-    if searching.uses_modseq(cmd.criteria):
-        modseqs = [infos[view.uids[n - 1]].modseq for n in numbers]
-        modseq = max(modseqs, default=None)
-    if cmd.return_options is not None:
-        session.send(
-            searching.format_esearch(
+    def run() -> bytes:
+        snapshot = mailbox.snapshot()
+        entries: Iterable[tuple[int, MessageInfo, bool]]
+        if len(snapshot) == len(uids) and (not uids or snapshot[-1].uid == uids[-1]):
+            # the usual case: the view is the mailbox (both ascending; anything added
+            # since would be above the view's last UID, anything expunged would
+            # shorten the snapshot)
+            infos = snapshot
+            entries = ((seq, m, m.uid in recent) for seq, m in enumerate(snapshot, start=1))
+        else:
+            by_uid = {m.uid: m for m in snapshot}
+            infos = [by_uid[uid] for uid in uids if uid in by_uid]
+            entries = [
+                (seq, by_uid[uid], uid in recent)
+                for seq, uid in enumerate(uids, start=1)
+                if uid in by_uid
+            ]
+        numbers = searching.search(
+            cmd.criteria,
+            entries,
+            max_seq=len(uids),
+            max_uid=uids[-1] if uids else 0,
+            load=load,
+        )
+        results = [uids[n - 1] for n in numbers] if cmd.uid else list(numbers)
+        modseqs = None
+        if searching.uses_modseq(cmd.criteria):
+            modseq_of = {m.uid: m.modseq for m in infos}
+            modseqs = [modseq_of[uids[n - 1]] for n in numbers]
+        if cmd.return_options is not None:
+            return searching.format_esearch(
                 cmd.tag, results, cmd.return_options, uid=cmd.uid, modseqs=modseqs
             )
+        return searching.format_search(
+            results, modseq=max(modseqs, default=None) if modseqs else None
         )
-    else:
-        session.send(searching.format_search(results, modseq=modseq))
+
+    if searching.needs_message(cmd.criteria) or len(uids) > INLINE_SEARCH:
+        session.send(await asyncio.to_thread(run))
+    else:  # flags, sizes, dates, sets: memory only, cheaper than a thread hop
+        session.send(run())
     session.expunge_allowed = cmd.uid  # RFC 9051 §7.5.1: no EXPUNGE during SEARCH
     try:
         session.ok(cmd.tag, f"{'UID ' if cmd.uid else ''}SEARCH completed")
@@ -491,6 +510,13 @@ async def _fetch(session: ImapSession, cmd: Fetch) -> None:
         await asyncio.to_thread(mailbox.store, uids, "add", ["\\Seen"], origin=view.watch)
     infos = {m.uid: m for m in await asyncio.to_thread(mailbox.snapshot)}
     body = fetching.needs_body(cmd.items)
+    # ENVELOPE/BODY/BODYSTRUCTURE alone come from the structure cache (no file reads)
+    body_items = [att for att in cmd.items if fetching.needs_body((att,))]
+    structure_only = body and all(
+        att.name in _STRUCTURE_ITEMS and att.section is None for att in body_items
+    )
+    # BODY[] / RFC822 alone: the stored bytes as they are, nothing to parse
+    whole_only = body and all(_is_whole(att) for att in body_items)
     recent = view.watch.recent
     missing = 0
 
@@ -506,13 +532,25 @@ async def _fetch(session: ImapSession, cmd: Fetch) -> None:
                 continue
             if cmd.changedsince is not None and info.modseq <= cmd.changedsince:
                 continue
-            message = None
-            if body:
+            message: ParsedMessage | None = None
+            if structure_only:
+
+                def load(uid: int = uid, size: int = info.size) -> ParsedMessage:
+                    raw = mailbox.read(uid)
+                    return ParsedMessage.parse(raw, crlf=len(raw) == size)
+
+                message = cast(ParsedMessage, STRUCTURES.view(unique_of(info.path), load))
+            elif body:
                 try:
-                    message = ParsedMessage.parse(mailbox.read(uid))
+                    raw = mailbox.read(uid)
                 except (ImapStoreError, OSError):
                     lost += 1
                     continue
+                if whole_only and len(raw) == info.size:
+                    message = cast(ParsedMessage, _Whole(raw))
+                else:
+                    # stored at its RFC822.SIZE: no bare LF to convert (no scan needed)
+                    message = ParsedMessage.parse(raw, crlf=len(raw) == info.size)
             try:
                 out += fetching.fetch_response(
                     seq,
@@ -526,6 +564,8 @@ async def _fetch(session: ImapSession, cmd: Fetch) -> None:
                 )
             except fetching.UnknownCte as exc:
                 unknown_cte.append(str(exc) or f"message {seq}: unknown transfer encoding")
+            except (ImapStoreError, OSError):  # the structure cache had to read a lost file
+                lost += 1
         return bytes(out), lost
 
     for start in range(0, len(targets), FETCH_BATCH):
@@ -543,6 +583,31 @@ async def _fetch(session: ImapSession, cmd: Fetch) -> None:
             session.ok(cmd.tag, f"{'UID ' if cmd.uid else ''}FETCH completed")
     finally:
         session.expunge_allowed = True
+
+
+def _is_whole(att: object) -> bool:
+    section = getattr(att, "section", None)
+    name = getattr(att, "name", "")
+    if name == "RFC822":
+        return True
+    return name == "BODY" and section is not None and not section.part and section.text is None
+
+
+class _Whole:
+    """A message stored in CRLF form, for FETCH BODY[] / RFC822: served as it is."""
+
+    __slots__ = ("data",)
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    @property
+    def size(self) -> int:
+        return len(self.data)
+
+    def section(self, spec: object) -> bytes | None:
+        assert not getattr(spec, "part", ()) and getattr(spec, "text", None) is None
+        return self.data
 
 
 async def _store_flags(session: ImapSession, cmd: Store) -> None:

@@ -978,14 +978,15 @@ class ParsedMessage:
 
     __slots__ = ("_body", "_bodystructure", "_data", "_envelope", "_header", "_lf_checked", "_tree")
 
-    def __init__(self, data: bytes) -> None:
+    def __init__(self, data: bytes, *, crlf: bool = False) -> None:
         # Line ends: a header with a bare LF makes the whole message CRLF now;
         # otherwise the body is checked only when something needs it (see
         # _full), so that ENVELOPE and header fetches read the header only.
+        # ``crlf``: the caller knows there is no bare LF (no scan at all).
         data = bytes(data)
         header = _Header(data, 0, len(data))
-        self._lf_checked = _has_bare_lf(data, 0, header.body_start)
-        if self._lf_checked:
+        self._lf_checked = crlf or _has_bare_lf(data, 0, header.body_start)
+        if self._lf_checked and not crlf:
             data = _crlf(data)
             header = _Header(data, 0, len(data))
         self._data = data
@@ -996,9 +997,13 @@ class ParsedMessage:
         self._bodystructure: bytes | None = None
 
     @classmethod
-    def parse(cls, data: bytes) -> ParsedMessage:
-        """Parse ``data`` (the message as stored): line ends and the header block only."""
-        return cls(data)
+    def parse(cls, data: bytes, *, crlf: bool = False) -> ParsedMessage:
+        """Parse ``data`` (the message as stored): line ends and the header block only.
+
+        ``crlf=True`` says the caller knows the message has no bare LF (its
+        length equals its RFC822.SIZE, say), which saves two scans of it.
+        """
+        return cls(data, crlf=crlf)
 
     @property
     def data(self) -> bytes:

@@ -252,7 +252,7 @@ class Program:
             never produces either).
     """
 
-    __slots__ = ("_test", "max_seq", "max_uid", "needs_message", "uses_modseq")
+    __slots__ = ("_flag", "_test", "max_seq", "max_uid", "needs_message", "uses_modseq")
 
     def __init__(
         self,
@@ -267,6 +267,9 @@ class Program:
         self.needs_message = needs_message(key)
         self.uses_modseq = uses_modseq(key)
         self._test = self._compile(key, frozenset(saved or ()))
+        # the commonest programs (UNSEEN, DELETED, NOT ...) test one flag: no calls per message
+        single = key.children[0] if key.name == "AND" and len(key.children) == 1 else key
+        self._flag: tuple[str, bool] | None = _FLAG_KEYS.get(single.name)
 
     def matches(
         self,
@@ -299,6 +302,11 @@ class Program:
         """
         test = self._test
         found: list[int] = []
+        if self._flag is not None:
+            flag, present = self._flag
+            if present:
+                return [i.uid if uid else s for s, i, _ in entries if flag in i.flags]
+            return [i.uid if uid else s for s, i, _ in entries if flag not in i.flags]
         if not self.needs_message:
             for seq, info, recent in entries:
                 if test(seq, info, recent, _NO_CONTENT):
@@ -498,8 +506,8 @@ def format_search(numbers: Iterable[int], *, modseq: int | None = None) -> bytes
     it is left out when nothing matched, as the grammar has it only after a
     number (RFC 7162 §7 ``search-sort-mod-seq``).
     """
-    found = [b"%d" % n for n in numbers]
-    line = b" ".join([b"* SEARCH", *found])
+    found = " ".join(map(str, numbers)).encode()
+    line = b"* SEARCH " + found if found else b"* SEARCH"
     if modseq is not None and found:
         line += b" (MODSEQ %d)" % modseq
     return line + b"\r\n"

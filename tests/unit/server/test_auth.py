@@ -486,3 +486,41 @@ def test_decode_b64_text(b64_text: str, expected: str) -> None:
 def test_decode_b64_text_refuses(b64_text: str, reason: str) -> None:
     with pytest.raises(ValueError, match=re.escape(reason)):
         decode_b64_text(b64_text)
+
+
+def test_a_verified_password_is_remembered_but_never_a_wrong_one(
+    accounts: Accounts, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list[str] = []
+    real = auth.verify_password
+
+    def counting(password: str, stored: str) -> bool:
+        calls.append(password)
+        return real(password, stored)
+
+    monkeypatch.setattr(auth, "verify_password", counting)
+    assert accounts.authenticate("alice", "alice-pw") is not None
+    assert accounts.authenticate("alice", "alice-pw") is not None
+    assert calls == ["alice-pw"]  # the second login did not run scrypt
+    assert accounts.authenticate("alice", "bob-pw") is None
+    assert accounts.authenticate("alice", "bob-pw") is None
+    assert calls == ["alice-pw", "bob-pw", "bob-pw"]  # failures: always
+
+
+def test_the_remembered_password_expires(
+    accounts: Accounts, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert accounts.authenticate("alice", "alice-pw") is not None
+    monkeypatch.setattr(Accounts, "VERIFIED_TTL", -1.0)
+    accounts._verified.clear()
+    assert accounts.authenticate("alice", "alice-pw") is not None
+    calls: list[str] = []
+    real = auth.verify_password
+
+    def counting(password: str, stored: str) -> bool:
+        calls.append(password)
+        return real(password, stored)
+
+    monkeypatch.setattr(auth, "verify_password", counting)
+    assert accounts.authenticate("alice", "alice-pw") is not None
+    assert calls == ["alice-pw"]  # expired at once: verified again
