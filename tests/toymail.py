@@ -15,9 +15,49 @@ from collections.abc import Callable
 
 from scripted import ScriptConn
 
-__all__ = ["ToyMail", "ToyPop3"]
+__all__ = ["Refused", "ToyImap", "ToyMail", "ToyPop3"]
 
-IMAP_CAPS = "IMAP4rev1 STARTTLS AUTH=PLAIN LITERAL+"
+IMAP_CAPS = "IMAP4rev1 STARTTLS AUTH=PLAIN LITERAL+ IDLE ID NAMESPACE UIDPLUS MOVE UNSELECT"
+SYSTEM_FLAGS = ("\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft")
+
+
+class _Folder:
+    """One mailbox: messages in UID order, their UIDs and flags (RFC 9051 §2.3.1.1)."""
+
+    def __init__(self, uidvalidity: int, messages: list[bytes] | None = None) -> None:
+        self.messages: list[bytes] = [] if messages is None else messages
+        self.uids: list[int] = []
+        self.flags: dict[int, set[str]] = {}
+        self.dates: dict[int, str] = {}  # INTERNALDATE when APPEND gave one
+        self.uidnext = 1
+        self.uidvalidity = uidvalidity
+
+    def sync(self) -> list[int]:
+        """The UIDs, in step with ``messages`` (tests may append messages directly)."""
+        if len(self.uids) > len(self.messages):
+            del self.uids[len(self.messages) :]
+        while len(self.uids) < len(self.messages):
+            self.uids.append(self.uidnext)
+            self.uidnext += 1
+        return self.uids
+
+    def add(self, message: bytes, flags: set[str] | None = None) -> int:
+        self.messages.append(message)
+        uid = self.sync()[-1]
+        self.flags[uid] = set(flags or ())
+        return uid
+
+    def get(self, uid: int) -> bytes | None:
+        uids = self.sync()
+        return self.messages[uids.index(uid)] if uid in uids else None
+
+    def remove(self, gone: set[int]) -> None:
+        keep = [i for i, uid in enumerate(self.sync()) if uid not in gone]
+        self.messages[:] = [self.messages[i] for i in keep]
+        self.uids[:] = [self.uids[i] for i in keep]
+        for uid in gone:
+            self.flags.pop(uid, None)
+            self.dates.pop(uid, None)
 
 
 class ToyMail:
@@ -26,11 +66,10 @@ class ToyMail:
 
     def __init__(self, accounts: dict[str, str] | None = None) -> None:
         self.accounts: dict[str, str] = dict(accounts or {})
-        self.mailboxes: dict[str, list[bytes]] = {u: [] for u in self.accounts}
+        self.mailboxes: dict[str, list[bytes]] = {u: [] for u in self.accounts}  # INBOXes
         self.lock = threading.Condition()  # guards mailboxes and everything below
-        self._uids: dict[str, list[int]] = {}
-        self._flags: dict[tuple[str, int], set[str]] = {}
-        self._uidnext: dict[str, int] = {}
+        self._folders: dict[str, dict[str, _Folder]] = {}  # user -> mailbox name -> folder
+        self._uidvalidity = 1  # the last UIDVALIDITY handed out (INBOXes have 1)
         self._pop_locked: set[str] = set()
 
     # ------------------------------------------------------------------ store
@@ -40,26 +79,44 @@ class ToyMail:
             self.mailboxes.setdefault(user, [])
 
     def deliver(self, user: str, message: bytes, flags: set[str] | None = None) -> int:
-        """Append a message to user's mailbox, wake IDLE waiters; returns its UID."""
+        """Append a message to user's INBOX, wake IDLE waiters; returns its UID."""
         with self.lock:
-            self.mailboxes.setdefault(user, []).append(message)
-            uid = self._sync(user)[-1]
-            if flags:
-                self._flags[(user, uid)] = set(flags)
+            uid = self.inbox(user).add(message, flags)
             self.lock.notify_all()
             return uid
 
-    def _sync(self, user: str) -> list[int]:
-        # Tests may append to mailboxes directly; give such messages UIDs lazily.
+    def inbox(self, user: str) -> _Folder:
+        """The user's INBOX, whose messages are ``mailboxes[user]``. Hold the lock."""
         box = self.mailboxes.setdefault(user, [])
-        uids = self._uids.setdefault(user, [])
-        if len(uids) > len(box):
-            del uids[len(box) :]
-        while len(uids) < len(box):
-            nxt = self._uidnext.get(user, 1)
-            uids.append(nxt)
-            self._uidnext[user] = nxt + 1
-        return uids
+        folders = self._folders.setdefault(user, {})
+        inbox = folders.get("INBOX")
+        if inbox is None:
+            inbox = folders["INBOX"] = _Folder(1, box)
+        elif inbox.messages is not box:  # a test put a new list there
+            inbox.messages = box
+        return inbox
+
+    def folder(self, user: str, name: str) -> _Folder | None:
+        """The mailbox ``name`` (INBOX in any case), or None. Hold the lock."""
+        if name.upper() == "INBOX":
+            return self.inbox(user)
+        return self._folders.setdefault(user, {}).get(name)
+
+    def create(self, user: str, name: str) -> bool:
+        """Create a mailbox; False if one of that name exists. Hold the lock."""
+        if self.folder(user, name) is not None:
+            return False
+        self._uidvalidity += 1  # a re-created name gets a new UIDVALIDITY (RFC 9051 §6.3.4)
+        self._folders[user][name] = _Folder(self._uidvalidity)
+        return True
+
+    def names(self, user: str) -> list[str]:
+        """Every mailbox name of ``user``, INBOX first. Hold the lock."""
+        self.inbox(user)
+        return ["INBOX", *sorted(n for n in self._folders[user] if n != "INBOX")]
+
+    def _sync(self, user: str) -> list[int]:
+        return self.inbox(user).sync()
 
     def _check(self, user: str, password: str) -> bool:
         return user in self.accounts and self.accounts[user] == password
@@ -251,12 +308,14 @@ class ToyMail:
         return handle
 
     # ------------------------------------------------------------------ IMAP
-    def imap_handler(self) -> Callable[[ScriptConn], None]:
+    def imap_handler(
+        self, session: Callable[[ToyMail, ScriptConn], ToyImap] | None = None
+    ) -> Callable[[ScriptConn], None]:
+        """IMAP sessions made by ``session`` (a ToyImap subclass may break a rule on purpose)."""
+        make = session or ToyImap
+
         def handle(conn: ScriptConn) -> None:
-            conn.sendline(f"* OK [CAPABILITY {IMAP_CAPS}] toy ready")
-            s = _ImapSession(self, conn)
-            while s.step():
-                pass
+            make(self, conn).run()
 
         return handle
 
@@ -488,219 +547,654 @@ class ToyPop3:
         self.ok()
 
 
+# ---------------------------------------------------------------------- IMAP
+
 _TOKEN = re.compile(r'"((?:[^"\\]|\\.)*)"|([()])|([^\s()"]+)')
+_LITERAL = re.compile(rb"\{(\d+)(\+?)\}$")
+_FETCH_ITEMS = ("UID", "FLAGS", "RFC822.SIZE", "INTERNALDATE", "BODY[]", "BODY.PEEK[]")
+_DATE_TIME = r"[ \d]\d-[A-Z][a-z]{2}-\d{4} \d\d:\d\d:\d\d [+-]\d{4}"  # RFC 9051 §9
+_MACROS = {"FAST": ["FLAGS", "INTERNALDATE", "RFC822.SIZE"], "ALL": ["FLAGS", "INTERNALDATE"]}
+_SEARCH_FLAGS = {
+    "SEEN": ("\\Seen", True),
+    "UNSEEN": ("\\Seen", False),
+    "FLAGGED": ("\\Flagged", True),
+    "UNFLAGGED": ("\\Flagged", False),
+    "DELETED": ("\\Deleted", True),
+    "UNDELETED": ("\\Deleted", False),
+    "ANSWERED": ("\\Answered", True),
+    "UNANSWERED": ("\\Answered", False),
+    "DRAFT": ("\\Draft", True),
+    "UNDRAFT": ("\\Draft", False),
+}
 
 
 class _Lit(bytes):
     """A literal's bytes, as a token."""
 
 
-class _ImapSession:
+class Refused(Exception):
+    """Answer the command with this status (BAD unless told) and go on."""
+
+    def __init__(self, text: str, status: str = "BAD", code: str | None = None) -> None:
+        super().__init__(text)
+        self.text, self.status, self.code = text, status, code
+
+
+def _text(token: str | bytes) -> str:
+    return token.decode("utf-8", "replace") if isinstance(token, bytes) else token
+
+
+def _quote(name: str) -> str:
+    return '"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _flag_list(flags: set[str]) -> str:
+    return "(" + " ".join(sorted(flags)) + ")"
+
+
+def _parens(args: list[str | bytes]) -> tuple[list[str], list[str | bytes]]:
+    """A parenthesised list of atoms at the start of ``args`` (or one atom), and the rest."""
+    if not args:
+        raise Refused("missing argument")
+    if args[0] != "(":
+        return [_text(args[0])], args[1:]
+    if ")" not in args:
+        raise Refused("unbalanced parentheses")
+    end = args.index(")")
+    return [_text(a) for a in args[1:end]], args[end + 1 :]
+
+
+class ToyImap:
+    """One IMAP4rev1 session (RFC 3501 / RFC 9051) with STARTTLS, LITERAL+, IDLE, ID,
+    NAMESPACE, UIDPLUS, MOVE and UNSELECT, over the toy's mailboxes.
+
+    Each command is a ``do_<verb>`` method taking its tag and argument tokens (quoted
+    strings unquoted, literals as bytes, parentheses as separate tokens); a test
+    subclasses this to break exactly one rule. Untagged news about the selected mailbox
+    (EXISTS, EXPUNGE) goes out before each tagged response, EXPUNGE never during FETCH,
+    STORE or SEARCH (RFC 9051 §7.5.1).
+    """
+
+    greeting = "toy ready"
+    max_line = 64 * 1024  # octets of a command line, literals excluded
+    max_literal = 10 * 1024 * 1024
+    ANY = frozenset({"CAPABILITY", "NOOP", "LOGOUT", "ID"})
+    NOT_AUTHENTICATED = ANY | {"STARTTLS", "LOGIN", "AUTHENTICATE"}
+    AUTHENTICATED = ANY | {
+        "SELECT",
+        "EXAMINE",
+        "CREATE",
+        "DELETE",
+        "LIST",
+        "STATUS",
+        "APPEND",
+        "IDLE",
+        "NAMESPACE",
+    }
+    SELECTED = AUTHENTICATED | {
+        "CHECK",
+        "CLOSE",
+        "UNSELECT",
+        "EXPUNGE",
+        "SEARCH",
+        "FETCH",
+        "STORE",
+        "COPY",
+        "MOVE",
+        "UID",
+    }
+
     def __init__(self, toy: ToyMail, conn: ScriptConn) -> None:
         self.toy, self.conn = toy, conn
         self.user: str | None = None
-        self.selected = False
-        self.known = 0  # EXISTS count last reported
+        self.mailbox: str | None = None  # the selected one
+        self.readonly = False
+        self.view: list[int] = []  # UIDs of the selected mailbox, as the client knows them
+        self.expunge_ok = True  # False while FETCH, STORE or SEARCH runs
+        self.tag = "*"  # the tag of the command being read
+
+    # ---- plumbing
+    def run(self) -> None:
+        self.conn.sendline(f"* OK [CAPABILITY {' '.join(self.capabilities())}] {self.greeting}")
+        while True:
+            try:
+                if not self.step():
+                    return
+            except TimeoutError:
+                self.conn.sendline("* BYE idle timeout")
+                return
+
+    def capabilities(self) -> list[str]:
+        caps = IMAP_CAPS.split()
+        if self.conn.tls or not self.conn.tls_available:
+            caps.remove("STARTTLS")
+        return caps
+
+    def read_line(self) -> bytes:
+        line = self.conn.recv_until(rb"\n", self.toy.idle_timeout)
+        return line[:-2] if line.endswith(b"\r\n") else line[:-1]
 
     def read_command(self) -> list[str | bytes]:
-        """One command as tokens; quoted strings unquoted, literals as _Lit, parens kept."""
+        """One command as tokens; literals are read (after a "+" if synchronising)."""
         tokens: list[str | bytes] = []
-        line = self.conn.recv_line(self.toy.idle_timeout)
+        line = self.read_line()
+        self.tag = line.split(b" ", 1)[0].decode("utf-8", "replace") or "*"  # for a refusal
         while True:
-            m = re.search(rb"\{(\d+)(\+?)\}$", line)
+            if len(line) > self.max_line:
+                raise Refused("line too long")
+            m = _LITERAL.search(line)
             text = (line[: m.start()] if m else line).decode("utf-8", "replace")
             for q, p, a in _TOKEN.findall(text):
                 tokens.append(re.sub(r"\\(.)", r"\1", q) if q or (not p and not a) else p or a)
             if m is None:
                 return tokens
+            size = int(m.group(1))
+            if size > self.max_literal:
+                if m.group(2):  # the octets are on their way: no way to go on
+                    self.conn.sendline("* BYE [TOOBIG] literal too big")
+                    raise EOFError("literal too big")
+                raise Refused("literal too big", "NO", "TOOBIG")
             if not m.group(2):
-                self.conn.sendline("+ Ready")
-            tokens.append(_Lit(self.conn.recv_exact(int(m.group(1)), self.toy.idle_timeout)))
-            line = self.conn.recv_line(self.toy.idle_timeout)
+                self.continuation(size)
+            tokens.append(_Lit(self.conn.recv_exact(size, self.toy.idle_timeout)))
+            line = self.read_line()
+
+    def continuation(self, size: int) -> None:
+        """Ask for the octets of a synchronising literal (RFC 9051 §4.3)."""
+        self.conn.sendline("+ Ready")
+
+    def allowed(self) -> frozenset[str]:
+        if self.user is None:
+            return self.NOT_AUTHENTICATED
+        return self.AUTHENTICATED if self.mailbox is None else self.SELECTED
 
     def step(self) -> bool:
+        """Read and answer one command; False ends the session."""
+        self.tag = tag = "*"
         try:
             toks = self.read_command()
-        except TimeoutError:
-            self.conn.sendline("* BYE idle timeout")
-            return False
-        if len(toks) < 2 or not isinstance(toks[0], str) or not isinstance(toks[1], str):
-            self.conn.sendline("* BAD invalid command")
+            if not toks or not isinstance(toks[0], str) or toks[0] in ("*", "+"):
+                self.conn.sendline("* BAD invalid tag")
+                return True
+            tag = toks[0]
+            if len(toks) < 2 or not isinstance(toks[1], str):
+                raise Refused("missing command")
+            verb, args = toks[1].upper(), toks[2:]
+            handler = getattr(self, f"do_{verb.lower()}", None)
+            if handler is None:
+                raise Refused("unknown command")
+            if verb not in self.allowed():
+                raise Refused(f"{verb} not valid in this state")
+            self.expunge_ok = verb not in ("FETCH", "STORE", "SEARCH")
+            return handler(tag, args) is not False
+        except Refused as refused:
+            self.done(tag if tag != "*" else self.tag, refused.status, refused.text, refused.code)
             return True
-        tag, cmd, args = toks[0], toks[1].upper(), toks[2:]
-        if cmd == "UID" and args and isinstance(args[0], str):
-            cmd, args = "UID " + args[0].upper(), args[1:]
-        out = self.conn.sendline
-        if cmd == "CAPABILITY":
-            caps = IMAP_CAPS.replace(" STARTTLS", "") if self.conn.tls else IMAP_CAPS
-            out(f"* CAPABILITY {caps} IDLE")
-            out(f"{tag} OK CAPABILITY completed")
-        elif cmd == "NOOP":
-            self.report_new()
-            out(f"{tag} OK NOOP completed")
-        elif cmd == "LOGOUT":
-            out("* BYE toy logging out")
-            out(f"{tag} OK LOGOUT completed")
-            return False
-        elif cmd == "STARTTLS":
-            if self.conn.tls or self.user or not self.conn.tls_available:
-                out(f"{tag} BAD STARTTLS not allowed now")
-            else:
-                out(f"{tag} OK Begin TLS negotiation now")
-                self.conn.starttls()
-        elif cmd in ("LOGIN", "AUTHENTICATE"):
-            self.login(tag, cmd, args)
-        elif cmd in ("SELECT", "EXAMINE", "FETCH", "UID FETCH", "APPEND", "IDLE"):
-            if self.user is None:
-                out(f"{tag} NO not authenticated")
-            elif cmd in ("FETCH", "UID FETCH") and not self.selected:
-                out(f"{tag} BAD no mailbox selected")
-            else:
-                getattr(self, "do_" + cmd.replace("UID ", "uid_").lower())(tag, args)
-        else:
-            out(f"{tag} BAD unknown command")
-        return True
 
-    def login(self, tag: str, cmd: str, args: list[str | bytes]) -> None:
-        if self.user is not None:
-            self.conn.sendline(f"{tag} BAD already authenticated")
+    def untagged(self, text: str) -> None:
+        self.conn.sendline(f"* {text}")
+
+    def done(self, tag: str, status: str, text: str, code: str | None = None) -> None:
+        """The tagged response, after any news about the selected mailbox."""
+        self.updates()
+        self.conn.sendline(f"{tag} {status} {'[' + code + '] ' if code else ''}{text}")
+
+    def ok(self, tag: str, text: str, code: str | None = None) -> None:
+        self.done(tag, "OK", text, code)
+
+    def updates(self) -> None:
+        """EXPUNGE (when allowed) and EXISTS for changes made by other sessions."""
+        if self.mailbox is None or self.user is None:
             return
-        vals = [a.decode("utf-8", "replace") if isinstance(a, bytes) else a for a in args]
-        who: str | None = None
-        if cmd == "LOGIN" and len(vals) == 2:
-            who = vals[0] if self.toy._check(vals[0], vals[1]) else None
-        elif cmd == "AUTHENTICATE" and vals and vals[0].upper() == "PLAIN":
-            resp = vals[1] if len(vals) > 1 else None
-            if resp is None:
-                self.conn.sendline("+ ")
-                resp = self.conn.recv_line(self.toy.idle_timeout).decode("ascii", "replace")
-                if resp.strip() == "*":
-                    self.conn.sendline(f"{tag} BAD authentication cancelled")
-                    return
-            who = self.toy._sasl_plain("" if resp == "=" else resp)
+        with self.toy.lock:
+            folder = self.toy.folder(self.user, self.mailbox)
+            current = list(folder.sync()) if folder else []
+        if self.expunge_ok:
+            live = set(current)
+            for i in range(len(self.view) - 1, -1, -1):
+                if self.view[i] not in live:
+                    self.untagged(f"{i + 1} EXPUNGE")
+                    del self.view[i]
+        top = max(self.view, default=0)
+        new = [uid for uid in current if uid > top]
+        if new:
+            self.view.extend(new)
+            self.untagged(f"{len(self.view)} EXISTS")
+
+    def selected_folder(self) -> _Folder:
+        assert self.user is not None and self.mailbox is not None
+        folder = self.toy.folder(self.user, self.mailbox)
+        if folder is None:
+            raise Refused("the selected mailbox is gone", "NO")
+        return folder
+
+    def target(self, name: str | bytes, code: str = "NONEXISTENT") -> _Folder:
+        """An existing mailbox by name (hold the lock), else NO with ``code``."""
+        assert self.user is not None
+        folder = self.toy.folder(self.user, _text(name))
+        if folder is None:
+            raise Refused("no such mailbox", "NO", code)
+        return folder
+
+    def messages(self, spec: str | bytes, by_uid: bool) -> list[tuple[int, int]]:
+        """(sequence number, UID) of the messages a sequence or UID set names."""
+        ranges = _seqset(_text(spec), max(self.view, default=0) if by_uid else len(self.view))
+        if ranges is None:
+            raise Refused("invalid sequence set")
+        if not by_uid and any(hi > len(self.view) for _, hi in ranges):
+            raise Refused("no such message")
+        return [
+            (i + 1, uid)
+            for i, uid in enumerate(self.view)
+            if any(lo <= (uid if by_uid else i + 1) <= hi for lo, hi in ranges)
+        ]
+
+    # ---- any state
+    def do_capability(self, tag: str, args: list[str | bytes]) -> None:
+        if args:
+            raise Refused("CAPABILITY takes no arguments")
+        self.untagged("CAPABILITY " + " ".join(self.capabilities()))
+        self.ok(tag, "CAPABILITY completed")
+
+    def do_noop(self, tag: str, args: list[str | bytes]) -> None:
+        if args:
+            raise Refused("NOOP takes no arguments")
+        self.ok(tag, "NOOP completed")
+
+    def do_logout(self, tag: str, args: list[str | bytes]) -> bool:
+        self.untagged("BYE toy logging out")
+        self.conn.sendline(f"{tag} OK LOGOUT completed")
+        return False
+
+    def do_id(self, tag: str, args: list[str | bytes]) -> None:
+        self.untagged('ID ("name" "toymail" "vendor" "mailharness tests")')
+        self.ok(tag, "ID completed")
+
+    # ---- not authenticated
+    def do_starttls(self, tag: str, args: list[str | bytes]) -> None:
+        if self.conn.tls or not self.conn.tls_available:
+            raise Refused("STARTTLS not allowed now")
+        self.conn.sendline(f"{tag} OK Begin TLS negotiation now")
+        self.conn.starttls(discard_pipelined=True)  # never run what came with STARTTLS
+
+    def do_login(self, tag: str, args: list[str | bytes]) -> None:
+        if len(args) != 2:
+            raise Refused("LOGIN takes a user name and a password")
+        user, password = _text(args[0]), _text(args[1])
+        self.logged_in(tag, "LOGIN", user if self.toy._check(user, password) else None)
+
+    def do_authenticate(self, tag: str, args: list[str | bytes]) -> None:
+        if not args or _text(args[0]).upper() != "PLAIN" or len(args) > 2:
+            raise Refused("only AUTHENTICATE PLAIN is supported", "NO")
+        if len(args) == 2:
+            resp = _text(args[1])
         else:
-            self.conn.sendline(f"{tag} BAD syntax error")
-            return
+            self.conn.sendline("+ ")
+            resp = self.read_line().decode("ascii", "replace")
+            if resp.strip() == "*":
+                raise Refused("authentication cancelled")
+        self.logged_in(tag, "AUTHENTICATE", self.toy._sasl_plain("" if resp == "=" else resp))
+
+    def logged_in(self, tag: str, verb: str, who: str | None) -> None:
         if who is None:
-            self.conn.sendline(f"{tag} NO [AUTHENTICATIONFAILED] invalid credentials")
-        else:
-            self.user = who
-            self.conn.sendline(f"{tag} OK {cmd} completed")
+            raise Refused("invalid credentials", "NO", "AUTHENTICATIONFAILED")
+        self.user = who
+        self.ok(tag, f"{verb} completed")
 
-    def count(self) -> int:
-        assert self.user is not None
-        with self.toy.lock:
-            return len(self.toy.mailboxes.get(self.user, []))
-
-    def report_new(self) -> None:
-        if self.selected and (n := self.count()) > self.known:
-            self.known = n
-            self.conn.sendline(f"* {n} EXISTS")
-
+    # ---- authenticated
     def do_select(self, tag: str, args: list[str | bytes], verb: str = "SELECT") -> None:
-        if len(args) != 1 or not isinstance(args[0], str) or args[0].upper() != "INBOX":
-            self.selected = False
-            self.conn.sendline(f"{tag} NO [NONEXISTENT] no such mailbox")
-            return
+        if len(args) != 1:
+            raise Refused(f"{verb} takes one mailbox name")
         assert self.user is not None
+        self.mailbox, self.view = None, []  # a failed SELECT leaves nothing selected
         with self.toy.lock:
-            self.known = len(self.toy._sync(self.user))
-            uidnext = self.toy._uidnext.get(self.user, 1)
-        self.selected = True
-        mode = "READ-WRITE" if verb == "SELECT" else "READ-ONLY"
-        self.conn.send(
-            "* FLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft)\r\n"
-            f"* {self.known} EXISTS\r\n* 0 RECENT\r\n"
-            "* OK [UIDVALIDITY 1] UIDs valid\r\n"
-            f"* OK [UIDNEXT {uidnext}] predicted next UID\r\n"
-            f"{tag} OK [{mode}] {verb} completed\r\n"
-        )
+            folder = self.target(args[0])
+            uids = list(folder.sync())
+            uidnext, uidvalidity = folder.uidnext, folder.uidvalidity
+        name = _text(args[0])
+        self.mailbox = "INBOX" if name.upper() == "INBOX" else name
+        self.readonly, self.view = verb == "EXAMINE", uids
+        permanent = "()" if self.readonly else "(" + " ".join(SYSTEM_FLAGS) + " \\*)"
+        self.untagged("FLAGS (" + " ".join(SYSTEM_FLAGS) + ")")
+        self.untagged(f"{len(uids)} EXISTS")
+        self.untagged("0 RECENT")
+        self.untagged(f"OK [UIDVALIDITY {uidvalidity}] UIDs valid")
+        self.untagged(f"OK [UIDNEXT {uidnext}] predicted next UID")
+        self.untagged(f"OK [PERMANENTFLAGS {permanent}] flags that stick")
+        self.ok(tag, f"{verb} completed", "READ-ONLY" if self.readonly else "READ-WRITE")
 
     def do_examine(self, tag: str, args: list[str | bytes]) -> None:
         self.do_select(tag, args, "EXAMINE")
 
-    def do_uid_fetch(self, tag: str, args: list[str | bytes]) -> None:
-        self.do_fetch(tag, args, by_uid=True)
-
-    def do_fetch(self, tag: str, args: list[str | bytes], by_uid: bool = False) -> None:
+    def do_create(self, tag: str, args: list[str | bytes]) -> None:
+        if len(args) != 1:
+            raise Refused("CREATE takes one mailbox name")
         assert self.user is not None
-        items = " ".join(a for a in args[1:] if isinstance(a, str)).upper()
+        name = _text(args[0]).rstrip("/")
         with self.toy.lock:
-            uids = list(self.toy._sync(self.user))
-            box = list(self.toy.mailboxes[self.user])
-        limit = (uids[-1] if uids else 0) if by_uid else len(box)
-        wanted = _seqset(str(args[0]) if args else "", limit)
-        if wanted is None or not items:
-            self.conn.sendline(f"{tag} BAD invalid FETCH arguments")
-            return
-        chunks: list[bytes] = []
-        for i, (uid, msg) in enumerate(zip(uids, box, strict=True), start=1):
-            if (uid if by_uid else i) not in wanted:
-                continue
-            key = (self.user, uid)
-            parts = [f"UID {uid}"] if by_uid or "UID" in items.split() else []
-            if "RFC822.SIZE" in items:
-                parts.append(f"RFC822.SIZE {len(msg)}")
-            body = "BODY[]" in items or "BODY.PEEK[]" in items
-            if body and "BODY.PEEK[]" not in items:
-                with self.toy.lock:
-                    self.toy._flags.setdefault(key, set()).add("\\Seen")
-            if "FLAGS" in items.split() or "(FLAGS" in items or "FLAGS)" in items:
-                with self.toy.lock:
-                    flags = " ".join(sorted(self.toy._flags.get(key, ())))
-                parts.append(f"FLAGS ({flags})")
-            head = f"* {i} FETCH ({' '.join(parts)}".encode()
-            if body:
-                head += f"{' ' if parts else ''}BODY[] {{{len(msg)}}}\r\n".encode() + msg
-            chunks.append(head + b")\r\n")
-        self.conn.send(b"".join(chunks) + f"{tag} OK FETCH completed\r\n".encode())
+            if not name or not self.toy.create(self.user, name):
+                raise Refused("mailbox exists", "NO", "ALREADYEXISTS")
+        self.ok(tag, "CREATE completed")
+
+    def do_delete(self, tag: str, args: list[str | bytes]) -> None:
+        if len(args) != 1:
+            raise Refused("DELETE takes one mailbox name")
+        assert self.user is not None
+        name = _text(args[0])
+        if name.upper() == "INBOX":
+            raise Refused("INBOX cannot be deleted", "NO", "CANNOT")
+        with self.toy.lock:
+            self.target(name)
+            del self.toy._folders[self.user][name]
+        self.ok(tag, "DELETE completed")
+
+    def do_list(self, tag: str, args: list[str | bytes]) -> None:
+        if len(args) != 2:
+            raise Refused("LIST takes a reference and a pattern")
+        assert self.user is not None
+        pattern = _text(args[0]) + _text(args[1])
+        if not _text(args[1]):
+            self.untagged('LIST (\\Noselect) "/" ""')
+        else:
+            rx = "".join(
+                ".*" if c == "*" else "[^/]*" if c == "%" else re.escape(c) for c in pattern
+            )
+            with self.toy.lock:
+                names = self.toy.names(self.user)
+            for name in names:
+                hit = re.fullmatch(rx, name, re.I if name == "INBOX" else 0)
+                if hit:
+                    self.untagged(f'LIST () "/" {name if name == "INBOX" else _quote(name)}')
+        self.ok(tag, "LIST completed")
+
+    def do_status(self, tag: str, args: list[str | bytes]) -> None:
+        if len(args) < 2:
+            raise Refused("STATUS takes a mailbox name and a list of items")
+        items, rest = _parens(args[1:])
+        if rest or not items:
+            raise Refused("bad STATUS items")
+        with self.toy.lock:
+            folder = self.target(args[0])
+            uids = folder.sync()
+            values = {
+                "MESSAGES": len(uids),
+                "RECENT": 0,
+                "UIDNEXT": folder.uidnext,
+                "UIDVALIDITY": folder.uidvalidity,
+                "UNSEEN": sum("\\Seen" not in folder.flags.get(u, ()) for u in uids),
+                "DELETED": sum("\\Deleted" in folder.flags.get(u, ()) for u in uids),
+            }
+        if any(i.upper() not in values for i in items):
+            raise Refused("unknown STATUS item")
+        data = " ".join(f"{i.upper()} {values[i.upper()]}" for i in items)
+        self.untagged(f"STATUS {_quote(_text(args[0]))} ({data})")
+        self.ok(tag, "STATUS completed")
 
     def do_append(self, tag: str, args: list[str | bytes]) -> None:
         assert self.user is not None
-        if not args or not isinstance(args[0], str) or args[0].upper() != "INBOX":
-            self.conn.sendline(f"{tag} NO [TRYCREATE] no such mailbox")
-            return
-        if not isinstance(args[-1], _Lit):
-            self.conn.sendline(f"{tag} BAD APPEND needs a literal")
-            return
-        flags: set[str] = set()
-        if "(" in args and ")" in args:
-            flags = {a for a in args[args.index("(") + 1 : args.index(")")] if isinstance(a, str)}
-        self.toy.deliver(self.user, bytes(args[-1]), flags)
-        self.conn.sendline(f"{tag} OK APPEND completed")
+        if len(args) < 2 or not isinstance(args[-1], _Lit):
+            raise Refused("APPEND needs a mailbox name and a literal")
+        flags: list[str] = []
+        rest = args[1:-1]
+        if rest and rest[0] == "(":
+            flags, rest = _parens(rest)
+        date = _text(rest.pop(0)) if rest else None
+        if rest or (date is not None and not re.fullmatch(_DATE_TIME, date)):
+            raise Refused("bad APPEND arguments")
+        with self.toy.lock:
+            folder = self.target(args[0], "TRYCREATE")
+            uid = folder.add(bytes(args[-1]), set(flags))
+            if date is not None:
+                folder.dates[uid] = date
+            self.toy.lock.notify_all()
+        self.ok(tag, "APPEND completed", f"APPENDUID {folder.uidvalidity} {uid}")
 
-    def do_idle(self, tag: str, args: list[str | bytes]) -> None:
+    def do_namespace(self, tag: str, args: list[str | bytes]) -> None:
+        self.untagged('NAMESPACE (("" "/")) NIL NIL')
+        self.ok(tag, "NAMESPACE completed")
+
+    def do_idle(self, tag: str, args: list[str | bytes]) -> bool:
         self.conn.sendline("+ idling")
         deadline = time.monotonic() + self.toy.idle_timeout
         while time.monotonic() < deadline:
-            if self.selected:
+            if self.mailbox is not None:
                 with self.toy.lock:
-                    self.toy.lock.wait_for(lambda: self.count() > self.known, timeout=0.02)
-                self.report_new()
+                    self.toy.lock.wait_for(self.changed, timeout=0.02)
+                self.updates()
             else:
                 time.sleep(0.02)
             if self.conn.readable():
-                line = self.conn.recv_line()
-                if line.upper() == b"DONE":
-                    self.conn.sendline(f"{tag} OK IDLE terminated")
+                if self.read_line().upper() == b"DONE":
+                    self.ok(tag, "IDLE terminated")
                 else:
-                    self.conn.sendline(f"{tag} BAD expected DONE")
-                return
-        self.conn.sendline("* BYE idle timeout")
-        raise EOFError("IDLE timed out")
+                    self.done(tag, "BAD", "expected DONE")
+                return True
+        self.untagged("BYE idle timeout")
+        return False
+
+    def changed(self) -> bool:
+        assert self.user is not None and self.mailbox is not None
+        folder = self.toy.folder(self.user, self.mailbox)
+        return (list(folder.sync()) if folder else []) != self.view
+
+    # ---- selected
+    def do_check(self, tag: str, args: list[str | bytes]) -> None:
+        self.ok(tag, "CHECK completed")
+
+    def do_close(self, tag: str, args: list[str | bytes]) -> None:
+        if not self.readonly:
+            with self.toy.lock:
+                folder = self.selected_folder()
+                folder.remove({u for u in folder.sync() if "\\Deleted" in folder.flags[u]})
+        self.mailbox, self.view = None, []
+        self.ok(tag, "CLOSE completed")
+
+    def do_unselect(self, tag: str, args: list[str | bytes]) -> None:
+        self.mailbox, self.view = None, []
+        self.ok(tag, "UNSELECT completed")
+
+    def do_expunge(self, tag: str, args: list[str | bytes], only: set[int] | None = None) -> None:
+        if self.readonly:
+            raise Refused("mailbox is read-only", "NO")
+        with self.toy.lock:
+            folder = self.selected_folder()
+            gone = {
+                u
+                for u in folder.sync()
+                if "\\Deleted" in folder.flags[u] and (only is None or u in only)
+            }
+            folder.remove(gone)
+        self.expunged(gone)
+        self.ok(tag, "EXPUNGE completed")
+
+    def expunged(self, gone: set[int]) -> None:
+        """Tell the client, highest number first so the others stay valid."""
+        for i in range(len(self.view) - 1, -1, -1):
+            if self.view[i] in gone:
+                self.untagged(f"{i + 1} EXPUNGE")
+                del self.view[i]
+
+    def do_uid(self, tag: str, args: list[str | bytes]) -> None:
+        sub = _text(args[0]).upper() if args else ""
+        if sub == "EXPUNGE" and len(args) == 2:
+            self.do_expunge(tag, [], only={uid for _, uid in self.messages(args[1], True)})
+        elif sub in ("FETCH", "STORE", "SEARCH", "COPY", "MOVE"):
+            getattr(self, f"do_{sub.lower()}")(tag, args[1:], by_uid=True)
+        else:
+            raise Refused("unknown UID command")
+
+    def do_search(self, tag: str, args: list[str | bytes], by_uid: bool = False) -> None:
+        keys = [_text(a) for a in args]
+        if len(keys) >= 2 and keys[0].upper() == "CHARSET":
+            if keys[1].upper() not in ("US-ASCII", "UTF-8"):
+                raise Refused("charset not supported", "NO", "BADCHARSET (US-ASCII UTF-8)")
+            keys = keys[2:]
+        if not keys:
+            raise Refused("SEARCH needs criteria")
+        with self.toy.lock:
+            folder = self.selected_folder()
+            live = set(folder.sync())
+            hits = [(i + 1, u) for i, u in enumerate(self.view) if u in live]
+            while keys:
+                key = keys.pop(0)
+                upper = key.upper()
+                if upper == "ALL":
+                    continue
+                if upper in _SEARCH_FLAGS:
+                    flag, present = _SEARCH_FLAGS[upper]
+                    hits = [h for h in hits if (flag in folder.flags[h[1]]) == present]
+                elif upper in ("UID", "SUBJECT") and keys:
+                    arg = keys.pop(0)
+                    if upper == "UID":
+                        uids = {u for _, u in self.messages(arg, True)}
+                        hits = [h for h in hits if h[1] in uids]
+                    else:
+                        hits = [h for h in hits if _subject_has(folder.get(h[1]) or b"", arg)]
+                elif re.fullmatch(r"[\d*:,]+", key):
+                    numbers = {n for n, _ in self.messages(key, False)}
+                    hits = [h for h in hits if h[0] in numbers]
+                else:
+                    raise Refused(f"unsupported search key {key}")
+        found = " ".join(str(u if by_uid else n) for n, u in hits)
+        self.untagged(f"SEARCH {found}".rstrip())
+        self.ok(tag, "SEARCH completed")
+
+    def do_fetch(self, tag: str, args: list[str | bytes], by_uid: bool = False) -> None:
+        if len(args) < 2:
+            raise Refused("FETCH takes a sequence set and items")
+        items, rest = _parens(args[1:])
+        items = [i.upper() for i in items]
+        if len(items) == 1 and items[0] in _MACROS:
+            items = _MACROS[items[0]]
+        if rest or not items or any(i not in _FETCH_ITEMS for i in items):
+            raise Refused("unsupported FETCH items")
+        if by_uid:
+            items = self.uid_items(items)
+        chunks: list[bytes] = []
+        with self.toy.lock:
+            folder = self.selected_folder()
+            for n, uid in self.messages(args[0], by_uid):
+                message = folder.get(uid)
+                if message is None:
+                    continue  # expunged by another session, not yet reported
+                flags = folder.flags[uid]
+                if "BODY[]" in items and not self.readonly and "\\Seen" not in flags:
+                    flags.add("\\Seen")
+                    if "FLAGS" not in items:
+                        items = [*items, "FLAGS"]  # the change, reported (RFC 9051 §6.4.5)
+                date = folder.dates.get(uid, "01-Jan-2024 00:00:00 +0000")
+                chunks.append(self.fetch_response(n, uid, message, flags, items, date))
+        self.conn.send(b"".join(chunks))
+        self.ok(tag, "FETCH completed")
+
+    def uid_items(self, items: list[str]) -> list[str]:
+        """What UID FETCH returns: UID always (RFC 9051 §6.4.9)."""
+        return items if "UID" in items else ["UID", *items]
+
+    def fetch_response(
+        self, n: int, uid: int, message: bytes, flags: set[str], items: list[str], date: str
+    ) -> bytes:
+        parts: list[bytes] = []
+        for item in items:
+            if item == "UID":
+                parts.append(f"UID {uid}".encode())
+            elif item == "FLAGS":
+                parts.append(f"FLAGS {_flag_list(flags)}".encode())
+            elif item == "RFC822.SIZE":
+                parts.append(f"RFC822.SIZE {len(message)}".encode())
+            elif item == "INTERNALDATE":
+                parts.append(f'INTERNALDATE "{date}"'.encode())
+            else:  # BODY[] and BODY.PEEK[] both answer as BODY[]
+                parts.append(f"BODY[] {{{len(message)}}}\r\n".encode() + message)
+        return f"* {n} FETCH (".encode() + b" ".join(parts) + b")\r\n"
+
+    def do_store(self, tag: str, args: list[str | bytes], by_uid: bool = False) -> None:
+        if len(args) < 3:
+            raise Refused("STORE takes a sequence set, an item and flags")
+        item = _text(args[1]).upper()
+        m = re.fullmatch(r"([+-]?)FLAGS(\.SILENT)?", item)
+        if m is None:
+            raise Refused("unsupported STORE item")
+        flags, rest = _parens(args[2:])
+        if rest:
+            raise Refused("junk after the flags")
+        if self.readonly:
+            raise Refused("mailbox is read-only", "NO")
+        with self.toy.lock:
+            folder = self.selected_folder()
+            for n, uid in self.messages(args[0], by_uid):
+                if uid not in folder.flags:
+                    continue
+                current = folder.flags[uid]
+                if m.group(1) == "+":
+                    current |= set(flags)
+                elif m.group(1) == "-":
+                    current -= set(flags)
+                else:
+                    current.clear()
+                    current |= set(flags)
+                if not m.group(2):
+                    uid_part = f"UID {uid} " if by_uid else ""
+                    self.untagged(f"{n} FETCH ({uid_part}FLAGS {_flag_list(current)})")
+        self.ok(tag, "STORE completed")
+
+    def do_copy(self, tag: str, args: list[str | bytes], by_uid: bool = False) -> None:
+        self.copy(tag, args, by_uid, move=False)
+
+    def do_move(self, tag: str, args: list[str | bytes], by_uid: bool = False) -> None:
+        self.copy(tag, args, by_uid, move=True)
+
+    def copy(self, tag: str, args: list[str | bytes], by_uid: bool, move: bool) -> None:
+        verb = "MOVE" if move else "COPY"
+        if len(args) != 2:
+            raise Refused(f"{verb} takes a sequence set and a mailbox name")
+        if move and self.readonly:
+            raise Refused("mailbox is read-only", "NO")
+        with self.toy.lock:
+            source = self.selected_folder()
+            chosen = self.messages(args[0], by_uid)
+            dest = self.target(args[1], "TRYCREATE")
+            pairs = []
+            for _, uid in chosen:
+                message = source.get(uid)
+                if message is not None:
+                    new = dest.add(message, set(source.flags[uid]))
+                    if uid in source.dates:
+                        dest.dates[new] = source.dates[uid]
+                    pairs.append((uid, new))
+            if move:
+                source.remove({uid for uid, _ in pairs})
+            self.toy.lock.notify_all()
+        code = None
+        if pairs:
+            src = ",".join(str(s) for s, _ in pairs)
+            dst = ",".join(str(d) for _, d in pairs)
+            code = f"COPYUID {dest.uidvalidity} {src} {dst}"
+        if move:
+            if code:
+                self.untagged(f"OK [{code}] moved")  # before the EXPUNGEs (RFC 9051 §6.4.8)
+            self.expunged({uid for uid, _ in pairs})
+            self.ok(tag, "MOVE completed")
+        else:
+            self.ok(tag, "COPY completed", code)
 
 
-def _seqset(spec: str, limit: int) -> set[int] | None:
-    """Parse an IMAP sequence set ("1", "2:4", "3:*", "1,5") against the highest number."""
-    out: set[int] = set()
+def _subject_has(message: bytes, text: str) -> bool:
+    head = message.split(b"\r\n\r\n", 1)[0].decode("utf-8", "replace")
+    m = re.search(r"(?im)^Subject:(.*)$", head)
+    return m is not None and text.lower() in m.group(1).lower()
+
+
+def _seqset(spec: str, limit: int) -> list[tuple[int, int]] | None:
+    """An IMAP sequence set ("1", "2:4", "3:*", "1,5") as ranges; "*" is ``limit``."""
+    out: list[tuple[int, int]] = []
     for part in spec.split(","):
         m = re.fullmatch(r"(\d+|\*)(?::(\d+|\*))?", part)
         if m is None:
             return None
         a = limit if m.group(1) == "*" else int(m.group(1))
         b = a if m.group(2) is None else limit if m.group(2) == "*" else int(m.group(2))
-        lo, hi = min(a, b), max(a, b)
-        if lo < 1:
+        if 0 in (a, b) and "*" not in part:  # numbers start at 1; "*" of nothing is 0
             return None
-        out.update(range(lo, min(hi, limit) + 1))
+        out.append((min(a, b), max(a, b)))
     return out

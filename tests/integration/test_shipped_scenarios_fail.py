@@ -5,8 +5,8 @@ scenario must fail on that thing (the phrase names it). The toy servers in
 test_end_to_end show the same scenarios passing. A guard makes sure every
 shipped scenario id has a case here.
 
-POP3 cases run the toy's POP3 session (tests/toymail.py) with one method
-overridden, next to an SMTP ``mx`` that fills its maildrops for
+POP3 and most IMAP cases run the toy's session (tests/toymail.py) with one
+method overridden, next to an SMTP ``mx`` that fills its mailboxes for
 ``setup.deliver``; the target has the accounts alice and bob.
 """
 
@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 import yaml
 from scripted import ScriptConn, ScriptedServer
-from toymail import ToyMail, ToyPop3
+from toymail import Refused, ToyImap, ToyMail, ToyPop3
 
 from conformance.results import Status
 from conformance.scenario.loader import load_paths
@@ -302,6 +302,238 @@ def imap_server(greeting: str = "* OK IMAP4rev1 ready", **replies: list[str]) ->
     return handle
 
 
+def imap_toy(session: type[ToyImap] = ToyImap) -> dict[str, Handler]:
+    """IMAP (``session``'s rules) on the service ``imap``, and an SMTP ``mx`` that
+    delivers into its INBOXes for ``setup.deliver``. Accounts as in ``TARGET``."""
+    toy = ToyMail({"alice": "alice-pw", "bob": "bob-pw"})
+    return {"imap": toy.imap_handler(session), "mx": toy.smtp_handler()}
+
+
+Args = list[str | bytes]
+
+
+class StarttlsStaysAdvertised(ToyImap):
+    def capabilities(self) -> list[str]:
+        caps = super().capabilities()
+        return caps if "STARTTLS" in caps else [*caps, "STARTTLS"]
+
+
+class LoginDisabledIgnored(ToyImap):
+    def capabilities(self) -> list[str]:
+        caps = super().capabilities()
+        return caps if self.conn.tls else [*caps, "LOGINDISABLED"]  # ...but LOGIN still works
+
+
+class ImapRunsInjected(ToyImap):
+    carried: bytes | None = None
+
+    def do_starttls(self, tag: str, args: Args) -> None:
+        if self.conn.readable(timeout=0.5):
+            self.carried = self.read_line()  # kept across the handshake
+        super().do_starttls(tag, args)
+
+    def read_line(self) -> bytes:
+        line, self.carried = self.carried, None
+        return line if line is not None else super().read_line()
+
+
+class LoginAnyPassword(ToyImap):
+    def do_login(self, tag: str, args: Args) -> None:
+        user = args[0] if args and args[0] in self.toy.accounts else None
+        super().do_login(tag, [user, self.toy.accounts[user]] if user else args)
+
+
+class FetchWithoutMailbox(ToyImap):
+    AUTHENTICATED = ToyImap.AUTHENTICATED | {"FETCH"}
+
+    def do_fetch(self, tag: str, args: Args, by_uid: bool = False) -> None:
+        if self.mailbox is None:
+            self.ok(tag, "FETCH completed (nothing to fetch)")
+        else:
+            super().do_fetch(tag, args, by_uid)
+
+
+class NoopTakesArguments(ToyImap):
+    def do_noop(self, tag: str, args: Args) -> None:
+        super().do_noop(tag, [])
+
+
+class UppercasesTags(ToyImap):
+    def done(self, tag: str, status: str, text: str, code: str | None = None) -> None:
+        super().done(tag.upper(), status, text, code)
+
+
+class NoMailboxUpdates(ToyImap):
+    def updates(self) -> None:
+        pass
+
+
+class SelectWithoutUidnext(ToyImap):
+    def untagged(self, text: str) -> None:
+        if not text.startswith("OK [UIDNEXT "):
+            super().untagged(text)
+
+
+class ExamineSetsSeen(ToyImap):
+    def do_fetch(self, tag: str, args: Args, by_uid: bool = False) -> None:
+        readonly, self.readonly = self.readonly, False
+        try:
+            super().do_fetch(tag, args, by_uid)
+        finally:
+            self.readonly = readonly
+
+
+class CaseSensitiveInbox(ToyImap):
+    def target(self, name: str | bytes, code: str = "NONEXISTENT") -> Any:
+        text = name.decode() if isinstance(name, bytes) else name
+        if text.upper() == "INBOX" and text != "INBOX":
+            raise Refused("no such mailbox", "NO", code)
+        return super().target(name, code)
+
+
+class ListWithoutDelimiter(ToyImap):
+    def do_list(self, tag: str, args: Args) -> None:
+        if len(args) == 2 and args[1] == "":
+            self.ok(tag, "LIST completed")  # without the delimiter and root
+        else:
+            super().do_list(tag, args)
+
+
+class CreateExistingOk(ToyImap):
+    def do_create(self, tag: str, args: Args) -> None:
+        try:
+            super().do_create(tag, args)
+        except Refused:
+            self.ok(tag, "CREATE completed (it was there already)")
+
+
+class StatusOfMissingMailbox(ToyImap):
+    def do_status(self, tag: str, args: Args) -> None:
+        try:
+            super().do_status(tag, args)
+        except Refused:
+            self.untagged(f"STATUS {args[0]!s} (MESSAGES 0)")
+            self.ok(tag, "STATUS completed")
+
+
+class AppendDropsFlags(ToyImap):
+    def do_append(self, tag: str, args: Args) -> None:
+        if "(" in args and ")" in args:
+            args = args[: args.index("(")] + args[args.index(")") + 1 :]
+        super().do_append(tag, args)
+
+
+class AppendCreates(ToyImap):
+    def do_append(self, tag: str, args: Args) -> None:
+        assert self.user is not None
+        with self.toy.lock:
+            self.toy.create(self.user, str(args[0]))
+        super().do_append(tag, args)
+
+
+class CopyWithoutTrycreate(ToyImap):
+    def copy(self, tag: str, args: Args, by_uid: bool, move: bool) -> None:
+        try:
+            super().copy(tag, args, by_uid, move)
+        except Refused as refused:
+            raise Refused(refused.text, refused.status) from None  # no [TRYCREATE]
+
+
+class SizeWithoutCr(ToyImap):
+    def fetch_response(self, n: int, uid: int, message: bytes, *rest: Any) -> bytes:
+        real = super().fetch_response(n, uid, message, *rest)
+        bare = len(message.replace(b"\r\n", b"\n"))
+        return real.replace(f"RFC822.SIZE {len(message)}".encode(), f"RFC822.SIZE {bare}".encode())
+
+
+class PeekSetsSeen(ToyImap):
+    def do_fetch(self, tag: str, args: Args, by_uid: bool = False) -> None:
+        args = [a.replace("BODY.PEEK[]", "BODY[]") if isinstance(a, str) else a for a in args]
+        super().do_fetch(tag, args, by_uid)
+
+
+class StoreIgnoresSilent(ToyImap):
+    def do_store(self, tag: str, args: Args, by_uid: bool = False) -> None:
+        args = [a.replace(".SILENT", "") if isinstance(a, str) else a for a in args]
+        super().do_store(tag, args, by_uid)
+
+
+class UidFetchWithoutUid(ToyImap):
+    def uid_items(self, items: list[str]) -> list[str]:
+        return items
+
+
+class SearchSilentOnNoMatch(ToyImap):
+    def untagged(self, text: str) -> None:
+        if text != "SEARCH":
+            super().untagged(text)
+
+
+class ExpungeWithoutResponses(ToyImap):
+    def expunged(self, gone: set[int]) -> None:
+        self.view = [uid for uid in self.view if uid not in gone]
+
+
+class IdleNeverDone(ToyImap):
+    def ok(self, tag: str, text: str, code: str | None = None) -> None:
+        if text != "IDLE terminated":  # DONE is read, but IDLE never completes
+            super().ok(tag, text, code)
+
+
+class OddIdResponse(ToyImap):
+    def do_id(self, tag: str, args: Args) -> None:
+        self.untagged('ID ("name")')  # a field without its value
+        self.ok(tag, "ID completed")
+
+
+class NoPersonalNamespace(ToyImap):
+    def do_namespace(self, tag: str, args: Args) -> None:
+        self.untagged("NAMESPACE NIL NIL NIL")
+        self.ok(tag, "NAMESPACE completed")
+
+
+class AppendUidRange(ToyImap):
+    def ok(self, tag: str, text: str, code: str | None = None) -> None:
+        if code and code.startswith("APPENDUID "):
+            uid = code.rsplit(" ", 1)[1]
+            code = f"{code}:{uid}"  # "123:123", which RFC 9051 §7.1 forbids
+        super().ok(tag, text, code)
+
+
+class MoveSetsDeleted(ToyImap):
+    def expunged(self, gone: set[int]) -> None:
+        for i, uid in enumerate(self.view):
+            if uid in gone:
+                self.untagged(f"{i + 1} FETCH (FLAGS (\\Deleted))")  # as COPY+STORE+EXPUNGE
+        super().expunged(gone)
+
+
+class NoContinuationForEmptyLiteral(ToyImap):
+    def continuation(self, size: int) -> None:
+        if size:  # {0} is read at once, without the "+" the client waits for
+            super().continuation(size)
+
+
+class LongLineCloses(ToyImap):
+    max_line = 1 << 30
+
+    def read_line(self) -> bytes:
+        line = super().read_line()
+        if len(line) > 64 * 1024:
+            raise EOFError("line too long")  # and the connection closes without a word
+        return line
+
+
+class HugeLiteralContinues(ToyImap):
+    max_literal = 1 << 70
+
+    def read_command(self) -> list[str | bytes]:
+        try:
+            return super().read_command()
+        except TimeoutError:
+            raise EOFError("the client never sent the literal") from None
+
+
 # scenario id -> (protocol's server, or a server per service name, breaking exactly the
 # rule; phrase in the failure)
 CASES: dict[str, tuple[Handler | dict[str, Handler], str]] = {
@@ -414,6 +646,97 @@ CASES: dict[str, tuple[Handler | dict[str, Handler], str]] = {
         imap_server(LOGOUT=["{tag} OK done"]),  # no untagged BYE before the OK
         "expected an untagged response matching /^\\* BYE\\b/",
     ),
+    "imap.starttls.capability-again": (
+        imap_toy(StarttlsStaysAdvertised),
+        "expected no untagged response matching /(?i)^\\* CAPABILITY",
+    ),
+    "imap.login.logindisabled-refuses-login": (
+        imap_toy(LoginDisabledIgnored),
+        "capture 'refused'",
+    ),
+    "security.imap.starttls-injection": (
+        imap_toy(ImapRunsInjected),
+        "expected silence for 1s, but the server sent",
+    ),
+    "imap.login.failure-no": (imap_toy(LoginAnyPassword), "expected tagged NO"),
+    "imap.state.wrong-state-refused": (imap_toy(FetchWithoutMailbox), "capture 'r4'"),
+    "imap.command.unknown-and-malformed-bad": (
+        imap_toy(NoopTakesArguments),
+        "expected tagged BAD",
+    ),
+    "imap.tag.echoed-and-reusable": (imap_toy(UppercasesTags), "no answer within"),
+    "imap.noop.any-state-reports-new-mail": (
+        imap_toy(NoMailboxUpdates),
+        "expected an untagged response matching /^\\* 1 EXISTS$/",
+    ),
+    "imap.select.required-data": (
+        imap_toy(SelectWithoutUidnext),
+        "expected an untagged response matching /^\\* OK \\[UIDNEXT",
+    ),
+    "imap.examine.read-only": (
+        imap_toy(ExamineSetsSeen),
+        "expected no untagged response matching /\\\\Seen/",
+    ),
+    "imap.mailbox.inbox-any-case": (imap_toy(CaseSensitiveInbox), "expected tagged OK"),
+    "imap.list.delimiter-and-inbox": (
+        imap_toy(ListWithoutDelimiter),
+        "expected an untagged response matching /^\\* LIST",
+    ),
+    "imap.mailbox.create-and-delete": (imap_toy(CreateExistingOk), "expected tagged NO"),
+    "imap.status.requested-items": (imap_toy(StatusOfMissingMailbox), "expected tagged NO"),
+    "imap.append.literal-then-fetch": (
+        imap_toy(AppendDropsFlags),
+        "expected an untagged response matching /(?s)^\\* 1 FETCH \\((?=.*\\bFLAGS",
+    ),
+    "imap.append.missing-mailbox-trycreate": (imap_toy(AppendCreates), "expected tagged NO"),
+    "imap.copy.trycreate-and-copy": (
+        imap_toy(CopyWithoutTrycreate),
+        "expected response code [TRYCREATE]",
+    ),
+    "imap.fetch.flags-size-uid": (
+        imap_toy(SizeWithoutCr),
+        "got: * 1 FETCH (BODY[] {44}",  # RFC822.SIZE said 41
+    ),
+    "imap.fetch.body-sets-seen-peek-does-not": (
+        imap_toy(PeekSetsSeen),
+        "expected no untagged response matching /\\\\Seen/",
+    ),
+    "imap.store.flags-returned-and-kept": (
+        imap_toy(StoreIgnoresSilent),
+        "expected no untagged response matching /^\\* 1 FETCH \\(.*\\bFLAGS /",
+    ),
+    "imap.uid.fetch-includes-uid": (
+        imap_toy(UidFetchWithoutUid),
+        "got: * 1 FETCH (FLAGS ())",
+    ),
+    "imap.search.results": (imap_toy(SearchSilentOnNoMatch), "capture 'none'"),
+    "imap.expunge.untagged-expunge": (
+        imap_toy(ExpungeWithoutResponses),
+        "expected an untagged response matching /^\\* 2 EXPUNGE$/",
+    ),
+    "imap.idle.continuation-updates-done": (imap_toy(IdleNeverDone), "no answer within 3s"),
+    "imap.id.answers-in-any-state": (
+        imap_toy(OddIdResponse),
+        "got '* ID (\"name\")'",
+    ),
+    "imap.namespace.personal-namespace": (
+        imap_toy(NoPersonalNamespace),
+        "got: * NAMESPACE NIL NIL NIL",
+    ),
+    "imap.uidplus.appenduid-copyuid": (imap_toy(AppendUidRange), "capture 'u'"),
+    "imap.move.expunges-source": (
+        imap_toy(MoveSetsDeleted),
+        "got '* 1 FETCH (FLAGS (\\\\Deleted))'",
+    ),
+    "imap.literal.synchronising-continuation": (
+        imap_toy(NoContinuationForEmptyLiteral),
+        "no answer within",
+    ),
+    "security.imap.long-line": (
+        imap_toy(LongLineCloses),
+        "expected a response, but the server closed the connection",
+    ),
+    "security.imap.literal-abuse": (imap_toy(HugeLiteralContinues), "capture 'refused'"),
 }
 
 
