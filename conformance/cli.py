@@ -8,6 +8,7 @@ failed or could not be judged; 2 usage or input error (nothing ran);
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime as dt
 import fnmatch
 import json
@@ -351,6 +352,11 @@ def _start_embedded(directory: Path) -> tuple[ServerThread, Path]:
     logging.getLogger("reference_server").addHandler(logging.NullHandler())
     logging.getLogger("reference_server").propagate = False
     config, passwords = dev_config(directory / "server")
+    # the suites fail logins on purpose; a throwaway loopback server need not make
+    # each one wait the production delay (which grows with every failure)
+    config = dataclasses.replace(
+        config, limits=dataclasses.replace(config.limits, auth_failure_delay=0.1)
+    )
     thread = ServerThread(config).start()
     assert thread.server is not None
     target_path = directory / "target.yaml"
