@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import TYPE_CHECKING, Protocol
 
 from .transport import TLS_SHUTDOWN_TIMEOUT, Connection
@@ -15,6 +16,9 @@ __all__ = ["Listener", "Session"]
 
 class Session(Protocol):
     conn: Connection
+    session_id: str
+
+    async def run(self) -> None: ...
 
 
 class Listener:
@@ -65,8 +69,40 @@ class Listener:
             return "too many connections, try later"
         return None
 
-    async def _serve(self, conn: Connection) -> None:
+    # -- what a protocol fills in ----------------------------------------------------------
+
+    log = logging.getLogger("reference_server")
+
+    def new_session(self, conn: Connection) -> Session:
         raise NotImplementedError
+
+    def refused(self, reason: str) -> bytes:
+        """What a connection turned away hears (a 421, ``-ERR [SYS/TEMP]``, ``* BYE``)."""
+        raise NotImplementedError
+
+    def internal_error(self) -> bytes:
+        """What a session hears when a bug ends it."""
+        raise NotImplementedError
+
+    async def _serve(self, conn: Connection) -> None:
+        reason = self.refusal()
+        if reason is not None:
+            conn.write(self.refused(reason))
+            return
+        server = self.server
+        session = self.new_session(conn)
+        self.sessions.add(session)
+        server.active_sessions += 1
+        try:
+            await session.run()
+        except (ConnectionError, OSError) as exc:
+            self.log.info("%s: connection error: %s", session.session_id, exc)
+        except Exception:  # a bug must end this session only, never the server
+            self.log.exception("%s: internal error; session closed", session.session_id)
+            conn.write(self.internal_error())
+        finally:
+            server.active_sessions -= 1
+            self.sessions.discard(session)
 
     async def stop(self, farewell: bytes | None = None) -> None:
         """Stop accepting; send ``farewell`` to every session and close it."""

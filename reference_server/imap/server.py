@@ -15,25 +15,16 @@ log = logging.getLogger("reference_server.imap")
 
 
 class ImapListener(Listener):
-    async def _serve(self, conn: Connection) -> None:
-        server = self.server
-        reason = self.refusal()
-        if reason is not None:
-            conn.write(f"* BYE [UNAVAILABLE] {server.config.hostname} {reason}\r\n".encode())
-            return
-        session = ImapSession(self, conn)
-        self.sessions.add(session)
-        server.active_sessions += 1
-        try:
-            await session.run()
-        except (ConnectionError, OSError) as exc:
-            log.info("%s: connection error: %s", session.session_id, exc)
-        except Exception:  # a bug must end this session only, never the server
-            log.exception("%s: internal error; session closed", session.session_id)
-            conn.write(b"* BYE [SERVERBUG] internal error; closing\r\n")
-        finally:
-            server.active_sessions -= 1
-            self.sessions.discard(session)
+    log = log
+
+    def new_session(self, conn: Connection) -> ImapSession:
+        return ImapSession(self, conn)
+
+    def refused(self, reason: str) -> bytes:
+        return f"* BYE [UNAVAILABLE] {self.server.config.hostname} {reason}\r\n".encode()
+
+    def internal_error(self) -> bytes:
+        return b"* BYE [SERVERBUG] internal error; closing\r\n"
 
     async def stop(self, farewell: bytes | None = None) -> None:
         """Stop accepting; ``* BYE`` to every session (RFC 9051 §7.1.5) and close it."""

@@ -14,22 +14,13 @@ log = logging.getLogger("reference_server.pop3")
 
 
 class Pop3Listener(Listener):
-    async def _serve(self, conn: Connection) -> None:
-        server = self.server
-        reason = self.refusal()
-        if reason is not None:
-            conn.write(f"-ERR [SYS/TEMP] {server.config.hostname} {reason}\r\n".encode())
-            return
-        session = Pop3Session(self, conn)
-        self.sessions.add(session)
-        server.active_sessions += 1
-        try:
-            await session.run()
-        except (ConnectionError, OSError) as exc:
-            log.info("%s: connection error: %s", session.session_id, exc)
-        except Exception:  # a bug must end this session only, never the server
-            log.exception("%s: internal error; session closed", session.session_id)
-            conn.write(b"-ERR [SYS/TEMP] internal error; closing\r\n")
-        finally:
-            server.active_sessions -= 1
-            self.sessions.discard(session)
+    log = log
+
+    def new_session(self, conn: Connection) -> Pop3Session:
+        return Pop3Session(self, conn)
+
+    def refused(self, reason: str) -> bytes:
+        return f"-ERR [SYS/TEMP] {self.server.config.hostname} {reason}\r\n".encode()
+
+    def internal_error(self) -> bytes:
+        return b"-ERR [SYS/TEMP] internal error; closing\r\n"

@@ -35,26 +35,16 @@ class SmtpListener(Listener):
         self.requires_auth = self.offers_auth
         self.faults = Faults(server.config.faults, name)
 
-    async def _serve(self, conn: Connection) -> None:
-        server = self.server
-        hostname = server.config.hostname
-        reason = self.refusal()
-        if reason is not None:
-            conn.write(Reply.build(421, "4.7.0", f"{hostname} {reason}").raw)
-            return
-        session = SmtpSession(self, conn)
-        self.sessions.add(session)
-        server.active_sessions += 1
-        try:
-            await session.run()
-        except (ConnectionError, OSError) as exc:
-            log.info("%s: connection error: %s", session.session_id, exc)
-        except Exception:  # a bug must end this session only, never the server
-            log.exception("%s: internal error; session closed", session.session_id)
-            conn.write(Reply.build(421, "4.3.0", f"{hostname} internal error").raw)
-        finally:
-            server.active_sessions -= 1
-            self.sessions.discard(session)
+    log = log
+
+    def new_session(self, conn: Connection) -> SmtpSession:
+        return SmtpSession(self, conn)
+
+    def refused(self, reason: str) -> bytes:
+        return Reply.build(421, "4.7.0", f"{self.server.config.hostname} {reason}").raw
+
+    def internal_error(self) -> bytes:
+        return Reply.build(421, "4.3.0", f"{self.server.config.hostname} internal error").raw
 
     async def stop(self, farewell: bytes | None = None) -> None:
         """Stop accepting; tell every session 421 (RFC 5321 §3.8) and close it."""
