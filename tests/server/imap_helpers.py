@@ -26,15 +26,13 @@ import dataclasses
 import datetime
 import itertools
 import re
-import socket
-import ssl
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeAlias
 
-IO_TIMEOUT = 5.0
+from raw_socket import IO_TIMEOUT, RawSocketClient
 
 #: the two ways to a TLS session: STARTTLS on ``imap``, or the implicit-TLS ``imaps``
 TLS_MODES = ("starttls", "imaps")
@@ -372,22 +370,19 @@ def parse_response(raw: bytes) -> Response:
 # -- the client --------------------------------------------------------------------------------
 
 
-class RawImap:
+class RawImap(RawSocketClient):
     """A blocking IMAP client on a real socket that speaks bytes."""
 
+    upgrade_reply = "STARTTLS completion"
+
     def __init__(self, host: str, port: int, *, timeout: float = IO_TIMEOUT) -> None:
-        self.host = host
-        self.sock: socket.socket = socket.create_connection((host, port), timeout=timeout)
-        self.buf = b""
+        super().__init__(host, port, timeout=timeout)
         self._tags = (f"A{n:03d}" for n in itertools.count(1))
 
     def next_tag(self) -> str:
         return next(self._tags)
 
     # -- sending ------------------------------------------------------------------------
-
-    def send(self, data: bytes) -> None:
-        self.sock.sendall(data)
 
     def cmd(self, line: str | bytes, *, tag: str | None = None) -> Result:
         """Send ``tag SP line CRLF`` and read up to its completion."""
@@ -446,16 +441,6 @@ class RawImap:
 
     # -- receiving ----------------------------------------------------------------------
 
-    def _fill(self) -> bool:
-        try:
-            chunk = self.sock.recv(65536)
-        except ConnectionResetError:
-            return False
-        if not chunk:
-            return False
-        self.buf += chunk
-        return True
-
     def _line(self) -> bytes:
         while True:
             end = self.buf.find(b"\n")
@@ -493,45 +478,7 @@ class RawImap:
         assert greeting.tag == "*" and greeting.status in ("OK", "PREAUTH", "BYE"), greeting
         return greeting
 
-    def read_all_until_close(self) -> bytes:
-        """Everything the server sends until it closes the connection."""
-        data, self.buf = self.buf, b""
-        while True:
-            try:
-                chunk = self.sock.recv(65536)
-            except (ConnectionResetError, ssl.SSLError):
-                return data
-            if not chunk:
-                return data
-            data += chunk
-
-    def assert_silent(self, seconds: float = 0.3) -> None:
-        """Nothing arrives from the server for ``seconds``."""
-        assert self.buf == b"", f"server sent {self.buf!r} with no command outstanding"
-        self.sock.settimeout(seconds)
-        try:
-            data: bytes | None = self.sock.recv(4096)
-        except TimeoutError:
-            data = None
-        finally:
-            self.sock.settimeout(IO_TIMEOUT)
-        assert data is None, f"server sent {data!r} with no command outstanding"
-
     # -- TLS and closing ----------------------------------------------------------------
-
-    def starttls(self, context: ssl.SSLContext) -> None:
-        """Handshake now; bytes already buffered from the server would be an injection."""
-        assert self.buf == b"", f"server sent bytes after its STARTTLS completion: {self.buf!r}"
-        self.sock = context.wrap_socket(self.sock, server_hostname=self.host)
-
-    def close(self) -> None:
-        self.sock.close()
-
-    def __enter__(self) -> RawImap:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 def quoted(text: str) -> str:

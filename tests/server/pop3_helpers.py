@@ -19,15 +19,14 @@ import dataclasses
 import os
 import re
 import shutil
-import socket
-import ssl
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-IO_TIMEOUT = 5.0
+from raw_socket import RawSocketClient
+
 ROOT = Path(__file__).resolve().parents[2]
 
 #: the two ways to get a TLS session: STLS on the ``pop3`` listener, or ``pop3s``
@@ -98,18 +97,12 @@ def parse_status(line: bytes) -> tuple[str, str | None, str]:
     return status, code, text
 
 
-class RawPop3:
+class RawPop3(RawSocketClient):
     """A blocking POP3 client on a real socket that speaks bytes."""
 
-    def __init__(self, host: str, port: int, *, timeout: float = IO_TIMEOUT) -> None:
-        self.host = host
-        self.sock: socket.socket = socket.create_connection((host, port), timeout=timeout)
-        self.buf = b""
+    upgrade_reply = "STLS response"
 
     # -- sending ------------------------------------------------------------------------
-
-    def send(self, data: bytes) -> None:
-        self.sock.sendall(data)
 
     def cmd(self, line: str | bytes, *, multiline: bool = False) -> Pop3Reply:
         """Send one command line (CRLF added) and read its response."""
@@ -129,16 +122,6 @@ class RawPop3:
         return self.cmd(f"AUTH PLAIN {plain(user, password, authzid)}")
 
     # -- receiving ----------------------------------------------------------------------
-
-    def _fill(self) -> bool:
-        try:
-            chunk = self.sock.recv(65536)
-        except ConnectionResetError:
-            return False
-        if not chunk:
-            return False
-        self.buf += chunk
-        return True
 
     def read_line(self, *, status: bool = True) -> bytes:
         """One line including its CRLF (a bare LF, or a CR inside a status line, fails)."""
@@ -175,54 +158,7 @@ class RawPop3:
         """Responses to pipelined commands; ``shapes`` says which are multiline."""
         return [self.read_reply(multiline=multi) for multi in shapes]
 
-    def read_all_until_close(self) -> bytes:
-        """Everything the server sends until it closes the connection."""
-        data, self.buf = self.buf, b""
-        while True:
-            try:
-                chunk = self.sock.recv(65536)
-            except (ConnectionResetError, ssl.SSLError):
-                return data
-            if not chunk:
-                return data
-            data += chunk
-
-    def assert_silent(self, seconds: float = 0.3) -> None:
-        """Nothing arrives from the server for ``seconds``."""
-        assert self.buf == b"", f"server sent {self.buf!r} with no command outstanding"
-        self.sock.settimeout(seconds)
-        try:
-            data: bytes | None = self.sock.recv(4096)
-        except TimeoutError:
-            data = None
-        finally:
-            self.sock.settimeout(IO_TIMEOUT)
-        assert data is None, f"server sent {data!r} with no command outstanding"
-
     # -- TLS and closing ----------------------------------------------------------------
-
-    def starttls(self, context: ssl.SSLContext) -> None:
-        """Handshake now; bytes already buffered from the server would be an injection."""
-        assert self.buf == b"", f"server sent bytes after its STLS response: {self.buf!r}"
-        self.sock = context.wrap_socket(self.sock, server_hostname=self.host)
-
-    def abort(self) -> None:
-        """Close with a TCP RST, no TLS close_notify, no QUIT: a client that vanished."""
-        raw = self.sock
-        if isinstance(raw, ssl.SSLSocket):
-            raw = socket.socket(fileno=raw.detach())
-        raw.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
-        raw.close()
-        self.sock = raw
-
-    def close(self) -> None:
-        self.sock.close()
-
-    def __enter__(self) -> RawPop3:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 def plain(user: str, password: str, authzid: str = "") -> str:
