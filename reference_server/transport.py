@@ -15,6 +15,7 @@ the transport's write buffer is full.
 from __future__ import annotations
 
 import asyncio
+import logging
 import ssl
 from collections.abc import Awaitable, Callable
 from typing import cast
@@ -25,6 +26,8 @@ __all__ = ["TLS_SHUTDOWN_TIMEOUT", "Connection", "ConnectionTimeout"]
 class ConnectionTimeout(Exception):
     """The client sent nothing within the deadline."""
 
+
+log = logging.getLogger("reference_server.tls")
 
 _TIMED_OUT = object()
 
@@ -182,6 +185,29 @@ class Connection(asyncio.BufferedProtocol):
         self.transport = new
         self.tls = True
         return dropped
+
+    async def upgrade(
+        self, context: ssl.SSLContext, *, unread: bytes, timeout: float, who: str, after: str
+    ) -> bool:
+        """STARTTLS/STLS after the go-ahead was sent: the handshake, with cleartext dropped.
+
+        ``unread`` is what the protocol reader held back; with the bytes still
+        in this connection's inbox it is discarded, never executed (RFC 3207
+        §4.2, RFC 2595 §4, RFC 9051 §6.2.1: the command injection of
+        CVE-2011-0411), and logged with ``who`` (the session) and ``after``
+        (the command and its rule).
+
+        Returns:
+            False if the handshake failed (logged); the session should end.
+        """
+        try:
+            dropped = unread + await self.start_tls(context, timeout=timeout)
+        except (OSError, TimeoutError, ConnectionError) as exc:
+            log.info("%s: TLS handshake failed: %s", who, exc)
+            return False
+        if dropped:
+            log.warning("%s: discarded %d cleartext bytes sent after %s", who, len(dropped), after)
+        return True
 
     def close(self) -> None:
         if self.transport is not None and not self.transport.is_closing():

@@ -316,19 +316,15 @@ class ImapSession:
         assert self.server.tls_context is not None
         self.ok(cmd.tag, "begin TLS negotiation now")
         await self.flush()
-        # RFC 9051 §6.2.1 / CVE-2011-0411: what was pipelined after STARTTLS never runs
-        dropped = self.reader.discard_pending()
-        try:
-            dropped += await self.conn.start_tls(self.server.tls_context, timeout=30.0)
-        except (OSError, TimeoutError, ConnectionError) as exc:
-            log.info("%s: TLS handshake failed: %s", self.session_id, exc)
-            raise Close from None
-        if dropped:
-            log.warning(
-                "%s: discarded %d cleartext bytes sent after STARTTLS (RFC 9051 §6.2.1)",
-                self.session_id,
-                len(dropped),
-            )
+        upgraded = await self.conn.upgrade(
+            self.server.tls_context,
+            unread=self.reader.discard_pending(),
+            timeout=30.0,
+            who=self.session_id,
+            after="STARTTLS (RFC 9051 §6.2.1)",
+        )
+        if not upgraded:
+            raise Close
 
     async def _login(self, cmd: Login) -> None:
         if not self.login_allowed:

@@ -305,19 +305,15 @@ class Pop3Session:
             return _err("STLS takes no arguments")
         self.send(_ok("begin TLS negotiation"))
         await self.flush()
-        # RFC 2595 §4 / CVE-2011-0411: what the client pipelined after STLS never runs
-        dropped = self.reader.discard_pending()
-        try:
-            dropped += await self.conn.start_tls(self.server.tls_context, timeout=30.0)
-        except (OSError, TimeoutError, ConnectionError) as exc:
-            log.info("%s: TLS handshake failed: %s", self.session_id, exc)
-            raise _Close from None
-        if dropped:
-            log.warning(
-                "%s: discarded %d cleartext bytes sent after STLS (RFC 2595 §4)",
-                self.session_id,
-                len(dropped),
-            )
+        upgraded = await self.conn.upgrade(
+            self.server.tls_context,
+            unread=self.reader.discard_pending(),
+            timeout=30.0,
+            who=self.session_id,
+            after="STLS (RFC 2595 §4)",
+        )
+        if not upgraded:
+            raise _Close
         self.user_name = None
         return b""
 

@@ -244,22 +244,17 @@ class SmtpSession:
     async def _start_tls(self) -> bool:
         """Handshake after the 220; cleartext that followed STARTTLS is dropped, never run."""
         await self.flush()
-        dropped = self.reader.discard_pending()
         ctx = self.server.tls_context
         assert ctx is not None
-        try:
-            dropped += await self.conn.start_tls(
-                ctx, timeout=self.server.config.limits.timeouts.command
-            )
-        except (OSError, TimeoutError, ConnectionError) as exc:
-            log.info("%s: TLS handshake failed: %s", self.session_id, exc)
+        upgraded = await self.conn.upgrade(
+            ctx,
+            unread=self.reader.discard_pending(),
+            timeout=self.server.config.limits.timeouts.command,
+            who=self.session_id,
+            after="STARTTLS (RFC 3207 §4.2)",
+        )
+        if not upgraded:
             return False
-        if dropped:
-            log.warning(
-                "%s: discarded %d cleartext bytes sent after STARTTLS (RFC 3207 §4.2)",
-                self.session_id,
-                len(dropped),
-            )
         # RFC 3207 §4.2: forget everything learnt before the handshake
         self.state = SmtpState.GREETED
         self.helo = None
