@@ -70,6 +70,7 @@ __all__ = [
     "needs_message",
     "saved_result",
     "search",
+    "single_flag",
     "uses_modseq",
 ]
 
@@ -268,8 +269,7 @@ class Program:
         self.uses_modseq = uses_modseq(key)
         self._test = self._compile(key, frozenset(saved or ()))
         # the commonest programs (UNSEEN, DELETED, NOT ...) test one flag: no calls per message
-        single = key.children[0] if key.name == "AND" and len(key.children) == 1 else key
-        self._flag: tuple[str, bool] | None = _FLAG_KEYS.get(single.name)
+        self._flag = single_flag(key)
 
     def matches(
         self,
@@ -496,6 +496,12 @@ def search(
 
 
 # -- responses ---------------------------------------------------------------------------------
+
+
+def single_flag(key: SearchKey) -> tuple[str, bool] | None:
+    """``(flag, present)`` if the program tests one system flag (``UNSEEN``: ``\\Seen``, False)."""
+    single = key.children[0] if key.name == "AND" and len(key.children) == 1 else key
+    return _FLAG_KEYS.get(single.name)
 
 
 def format_search(numbers: Iterable[int], *, modseq: int | None = None) -> bytes:
