@@ -61,6 +61,11 @@ __all__ = ["Handler", "ImapSession", "State"]
 log = logging.getLogger("reference_server.imap")
 
 
+def _ascii(text: str) -> bytes:
+    """Response text as 7-bit (RFC 3501 §9 TEXT-CHAR): "§" spelt out, anything else "?"."""
+    return text.replace("§", "section ").encode("ascii", "replace")
+
+
 class State(enum.Enum):
     NOT_AUTHENTICATED = "not authenticated"
     AUTHENTICATED = "authenticated"
@@ -139,13 +144,13 @@ class ImapSession:
         self._out += data
 
     def untagged(self, text: str | bytes) -> None:
-        self.send(b"* " + (text.encode() if isinstance(text, str) else text) + b"\r\n")
+        self.send(b"* " + (_ascii(text) if isinstance(text, str) else text) + b"\r\n")
 
     def tagged(self, tag: str, status: str, text: str, code: str | None = None) -> None:
         """The command's completion (RFC 9051 §7.1); ``code`` goes in brackets."""
         self._flush_updates(tag_status=status)
         head = f"{tag} {status} " + (f"[{code}] " if code else "")
-        self.send((head + text).encode("utf-8", "replace") + b"\r\n")
+        self.send(_ascii(head + text) + b"\r\n")
 
     def ok(self, tag: str, text: str, code: str | None = None) -> None:
         self.tagged(tag, "OK", text, code)
@@ -155,7 +160,7 @@ class ImapSession:
 
     def bad(self, tag: str | None, text: str, code: str | None = None) -> None:
         if tag is None:
-            self.send(("* BAD " + (f"[{code}] " if code else "") + text).encode() + b"\r\n")
+            self.send(_ascii("* BAD " + (f"[{code}] " if code else "") + text) + b"\r\n")
         else:
             self.tagged(tag, "BAD", text, code)
 

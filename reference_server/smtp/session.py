@@ -123,8 +123,13 @@ class SmtpSession:
             return None
 
     def send(self, reply: Reply) -> None:
-        """Queue a reply; it goes out when the session next waits (or with :meth:`flush`)."""
-        self._out += reply.raw
+        """Queue a reply; it goes out when the session next waits (or with :meth:`flush`).
+
+        Reply text stays ASCII (RFC 5321 §4.2 textstring): the "§" of the RFC
+        references in our texts is spelt "section".
+        """
+        raw = reply.raw
+        self._out += raw.replace(_SECTION, b"section ") if _SECTION in raw else raw
 
     async def flush(self) -> None:
         if self._out:
@@ -262,6 +267,9 @@ class SmtpSession:
         self.user = None
         self.reset_transaction()
         return True
+
+
+_SECTION = "§".encode()
 
 
 @functools.lru_cache(maxsize=8)

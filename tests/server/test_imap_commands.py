@@ -1982,3 +1982,11 @@ def test_header_fields_details(alice, box):
     assert item["BODY[HEADER.FIELDS (RECEIVED)]"] == b"Received: a\r\nreceived: b\r\n\r\n"
     assert item["BODY[HEADER.FIELDS (X-NONE)]"] == b"\r\n"
     assert item["BODY[HEADER.FIELDS.NOT (RECEIVED X-FOLDED)]"] == b"Subject: one\r\n\r\n"
+
+
+def test_response_text_is_7bit_even_where_it_cites_an_rfc_section(srv):
+    # RFC 3501 §9: text = 1*TEXT-CHAR, 7-bit; our texts cite "RFC 9051 §3" as "section 3"
+    client = tls_imap(srv, "imaps")
+    result = client.cmd("FETCH 1 (FLAGS)")  # not valid before login
+    assert result.status == "BAD", result.raw
+    assert b"section" in result.raw and result.raw.isascii(), result.raw

@@ -558,3 +558,13 @@ def test_received_header_is_added_to_every_message(mail_server):
         trace, rest = mail_server.split_trace(message)
         assert b"[127.0.0.1]" in trace
         assert rest.startswith(b"Subject: ")
+
+
+def test_reply_text_is_ascii_even_where_it_cites_an_rfc_section(mail_server):
+    # RFC 5321 §4.2: textstring is HT, SP and printable US-ASCII
+    client = mail_server.raw()
+    client.ehlo()
+    reply = client.cmd("RCPT TO:<alice@example.test>")
+    assert reply.code == 503
+    assert "RFC 5321 section 3.3" in reply.text, reply.text
+    assert reply.raw.isascii(), reply.raw
