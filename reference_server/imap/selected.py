@@ -111,6 +111,10 @@ class SelectedMailbox:
                 out += b"* %d EXPUNGE\r\n" % (index + 1)
         self.uids = [uid for uid in self.uids if uid not in gone]
         self._expunged -= gone
+        # news not yet told about a message that is gone now is never told
+        self._added = [uid for uid in self._added if uid not in gone]
+        for uid in gone:
+            self._flags.pop(uid, None)
         return bytes(out)
 
     # -- numbers -----------------------------------------------------------------------------

@@ -1036,3 +1036,25 @@ def test_selected_mailbox_deleted_during_idle(mail_server):
     else:
         assert reply.status in ("OK", "NO", "BAD"), reply
     assert_alive(mail_server)
+
+
+def test_expunging_a_message_never_announced_leaves_the_numbers_consistent(mail_server):
+    fill_inbox(mail_server, 2)
+    a = mail_server.imaps("alice")
+    a.select("INBOX")
+    b = mail_server.imaps("alice")
+    typ, _ = b.append("INBOX", "(\\Deleted)", None, message("born deleted"))
+    assert typ == "OK"
+    a.response("EXISTS")  # forget what SELECT said
+    typ, _ = a.expunge()  # A first hears of the new message here, and expunges it
+    assert typ == "OK"
+    a.noop()
+    _, exists = a.response("EXISTS")
+    # never told of the message, and it is gone: no EXISTS may count it (RFC 9051 §7.4.1)
+    assert exists in ([None], [b"2"]), exists
+    typ, data = a.search(None, "ALL")
+    seen_by_a = data[0].split() if data and data[0] else []
+    typ, status = b.status("INBOX", "(MESSAGES)")
+    assert typ == "OK"
+    messages = int(status[0].split(b"MESSAGES ")[1].rstrip(b")"))
+    assert len(seen_by_a) == messages == 2, (seen_by_a, status)
