@@ -16,6 +16,7 @@ Every reader follows one contract: ``receive_data(bytes)`` (``b""`` for EOF),
 from conformance.wire._buffer import ReceiveBuffer
 from conformance.wire._errors import LocalProtocolError, ProtocolError, RemoteProtocolError
 from conformance.wire._events import NEED_DATA, ConnectionClosed, NeedData
+from conformance.wire._lines import crlf_length, to_crlf
 from conformance.wire.imap import (
     ContinuationRequest,
     ImapEvent,
@@ -46,5 +47,7 @@ __all__ = [
     "SmtpReplyReader",
     "TaggedResponse",
     "UntaggedResponse",
+    "crlf_length",
     "parse_ehlo",
+    "to_crlf",
 ]

@@ -16,7 +16,7 @@ import re
 from collections.abc import Iterable
 from typing import cast
 
-from conformance.wire import NEED_DATA, ConnectionClosed
+from conformance.wire import NEED_DATA, ConnectionClosed, to_crlf
 from conformance.wire.imap import (
     Append,
     CopyMove,
@@ -94,15 +94,6 @@ def _uid_set(uids: Iterable[int]) -> str:
         parts.append(str(values[i]) if i == j else f"{values[i]}:{values[j]}")
         i = j + 1
     return ",".join(parts)
-
-
-_BARE_LF = re.compile(rb"(?<!\r)\n")
-
-
-def _crlf(message: bytes) -> bytes:
-    """APPENDed text with bare LFs made CRLF, as IMAP serves it (RFC 9051 §2.3.4: sizes
-    count the CRLF form), so RFC822.SIZE is simply the stored size."""
-    return _BARE_LF.sub(b"\r\n", message) if b"\n" in message else message
 
 
 def _selected(session: ImapSession) -> SelectedMailbox:
@@ -371,7 +362,7 @@ async def _append(session: ImapSession, cmd: Append) -> None:
         mailbox = await asyncio.to_thread(_store(session).open, session.user, name)
         origin = view.watch if view is not None and view.mailbox is mailbox else None
         uid = await asyncio.to_thread(
-            mailbox.append, _crlf(cmd.message), cmd.flags, cmd.internal_date, origin=origin
+            mailbox.append, to_crlf(cmd.message), cmd.flags, cmd.internal_date, origin=origin
         )
     except MailboxNotFound as exc:
         session.no(cmd.tag, exc.reason, "TRYCREATE")  # RFC 9051 §6.3.12

@@ -69,6 +69,8 @@ from dataclasses import dataclass
 from datetime import date
 from email.utils import parsedate_tz
 
+from conformance.wire import to_crlf
+
 __all__ = ["MAX_DEPTH", "MAX_PARTS", "SECTION_TEXTS", "ParsedMessage", "Section", "partial"]
 
 MAX_DEPTH = 40
@@ -960,11 +962,6 @@ def _has_bare_lf(data: bytes, start: int, end: int) -> bool:
     return data.count(b"\n", start, end) != data.count(b"\r\n", start, end)
 
 
-def _crlf(data: bytes) -> bytes:
-    """``data`` with every bare LF made CRLF."""
-    return data.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
-
-
 def _name(name: str) -> bytes:
     return name.encode("utf-8", errors="replace").lower()
 
@@ -987,7 +984,7 @@ class ParsedMessage:
         header = _Header(data, 0, len(data))
         self._lf_checked = crlf or _has_bare_lf(data, 0, header.body_start)
         if self._lf_checked and not crlf:
-            data = _crlf(data)
+            data = to_crlf(data)
             header = _Header(data, 0, len(data))
         self._data = data
         self._header = header
@@ -1022,7 +1019,7 @@ class ParsedMessage:
             data = self._data
             start = self._header.body_start
             if _has_bare_lf(data, start, len(data)):
-                self._data = self._header.data = data[:start] + _crlf(data[start:])
+                self._data = self._header.data = data[:start] + to_crlf(data[start:])
         return self._data
 
     def _root(self) -> _Entity:

@@ -128,6 +128,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal, NamedTuple
 
+from conformance.wire import crlf_length
+
 from .mailbox_index import (
     INDEX_NAME,
     KEYWORDS_NAME,
@@ -1261,7 +1263,6 @@ class Mailbox:
 _stores: weakref.WeakSet[ImapStore] = weakref.WeakSet()
 
 
-_BARE_LF = re.compile(rb"(?<!\r)\n")
 _VIRTUAL_SIZE = re.compile(r",W=(\d+)")
 
 
@@ -1280,7 +1281,7 @@ def _rfc822_size(path: str, name: str, size: int) -> int:
             data = f.read()
     except OSError:
         return size
-    return len(data) + len(_BARE_LF.findall(data))
+    return crlf_length(data)
 
 
 def notify_delivery(user: str) -> None:

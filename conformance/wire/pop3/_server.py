@@ -18,13 +18,13 @@ from dataclasses import dataclass
 
 from conformance.wire._errors import LocalProtocolError
 from conformance.wire._events import NEED_DATA, ConnectionClosed, NeedData
+from conformance.wire._lines import crlf_length, to_crlf
 
 __all__ = ["Pop3BadLine", "Pop3Command", "Pop3CommandReader", "byte_stuff", "crlf_size"]
 
 # RFC 1939 §3: "Keywords are three or four characters long"; RFC 2449 allows
 # longer ones (e.g. for extensions), RFC 5034 AUTH; be generous but bounded.
 _KEYWORD = re.compile(rb"[A-Za-z][A-Za-z0-9-]{0,39}")
-_BARE_LF = re.compile(rb"(?<!\r)\n")
 _DOT_LINE = re.compile(rb"^\.", re.MULTILINE)
 
 
@@ -161,23 +161,19 @@ def _parse(line: bytes) -> Pop3Command | Pop3BadLine:
     return Pop3Command(keyword=keyword.decode("ascii").upper(), arg=text, raw=line)
 
 
-def _crlf(message: bytes) -> bytes:
-    return _BARE_LF.sub(b"\r\n", message) if b"\n" in message else message
-
-
 def crlf_size(message: bytes) -> int:
     """Octets :func:`byte_stuff` sends for ``message`` before stuffing (RFC 1939 §11: LIST sizes).
 
     That is the message with CRLF line ends, and with the CRLF that ends an
     unterminated last line (RETR has to send one before the "." line).
     """
-    size = len(message) + len(_BARE_LF.findall(message))
+    size = crlf_length(message)
     return size + 2 if message and not message.endswith(b"\n") else size
 
 
 def byte_stuff(message: bytes) -> bytes:
     """The body of a multi-line response: CRLF line ends, "." lines stuffed, "." CRLF ended."""
-    text = _crlf(message)
+    text = to_crlf(message)
     if text and not text.endswith(b"\r\n"):
         text += b"\r\n"
     if text.startswith(b".") or b"\n." in text:
