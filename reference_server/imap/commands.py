@@ -438,15 +438,11 @@ async def _search(session: ImapSession, cmd: Search) -> None:
         snapshot = mailbox.snapshot()
         entries: Iterable[tuple[int, MessageInfo, bool]]
         same = len(snapshot) == len(uids) and (not uids or snapshot[-1].uid == uids[-1])
-        flag = searching.single_flag(cmd.criteria)
-        if same and flag is not None and cmd.return_options is None:
+        if same and cmd.return_options is None:
             # UNSEEN, DELETED, ...: the commonest SEARCH, straight off the snapshot
-            name, present = flag
-            if cmd.uid:
-                found = [m.uid for m in snapshot if (name in m.flags) is present]
-            else:
-                found = [n for n, m in enumerate(snapshot, 1) if (name in m.flags) is present]
-            return searching.format_search(found)
+            found = searching.search_flag(cmd.criteria, snapshot, uid=cmd.uid)
+            if found is not None:
+                return searching.format_search(found)
         if same:
             # the usual case: the view is the mailbox (both ascending; anything added
             # since would be above the view's last UID, anything expunged would

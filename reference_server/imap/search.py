@@ -70,6 +70,7 @@ __all__ = [
     "needs_message",
     "saved_result",
     "search",
+    "search_flag",
     "single_flag",
     "uses_modseq",
 ]
@@ -253,7 +254,7 @@ class Program:
             never produces either).
     """
 
-    __slots__ = ("_flag", "_test", "max_seq", "max_uid", "needs_message", "uses_modseq")
+    __slots__ = ("_test", "max_seq", "max_uid", "needs_message", "uses_modseq")
 
     def __init__(
         self,
@@ -269,7 +270,6 @@ class Program:
         self.uses_modseq = uses_modseq(key)
         self._test = self._compile(key, frozenset(saved or ()))
         # the commonest programs (UNSEEN, DELETED, NOT ...) test one flag: no calls per message
-        self._flag = single_flag(key)
 
     def matches(
         self,
@@ -302,11 +302,6 @@ class Program:
         """
         test = self._test
         found: list[int] = []
-        if self._flag is not None:
-            flag, present = self._flag
-            if present:
-                return [i.uid if uid else s for s, i, _ in entries if flag in i.flags]
-            return [i.uid if uid else s for s, i, _ in entries if flag not in i.flags]
         if not self.needs_message:
             for seq, info, recent in entries:
                 if test(seq, info, recent, _NO_CONTENT):
@@ -496,6 +491,23 @@ def search(
 
 
 # -- responses ---------------------------------------------------------------------------------
+
+
+def search_flag(key: SearchKey, infos: Sequence[MessageInfo], *, uid: bool) -> list[int] | None:
+    """A program that tests one system flag (``UNSEEN``, ``DELETED`` ...), run over
+    ``infos`` (the whole mailbox, in sequence order) with no call per message.
+
+    Returns:
+        The matching sequence numbers (``uid``: UIDs), or ``None`` if the program
+        is not such a test (then use :class:`Program`).
+    """
+    flag = single_flag(key)
+    if flag is None:
+        return None
+    name, present = flag
+    if uid:
+        return [m.uid for m in infos if (name in m.flags) is present]
+    return [n for n, m in enumerate(infos, 1) if (name in m.flags) is present]
 
 
 def single_flag(key: SearchKey) -> tuple[str, bool] | None:
