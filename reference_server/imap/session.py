@@ -47,6 +47,7 @@ from conformance.wire.imap import (
 )
 
 from ..auth import decode_plain
+from ..responsetext import ascii_text as _ascii
 from ..storage.imapstore import MailboxNotFound
 from ..transport import ConnectionTimeout
 
@@ -59,11 +60,6 @@ if TYPE_CHECKING:
 __all__ = ["Handler", "ImapSession", "State"]
 
 log = logging.getLogger("reference_server.imap")
-
-
-def _ascii(text: str) -> bytes:
-    """Response text as 7-bit (RFC 3501 §9 TEXT-CHAR): "§" spelt out, anything else "?"."""
-    return text.replace("§", "section ").encode("ascii", "replace")
 
 
 class State(enum.Enum):

@@ -29,6 +29,7 @@ from conformance.wire import NEED_DATA, ConnectionClosed
 from conformance.wire.pop3 import Pop3BadLine, Pop3Command, Pop3CommandReader, byte_stuff
 
 from ..auth import decode_plain
+from ..responsetext import ascii_text as _ascii
 from ..storage.maildrop import DropMessage, Maildrop, MaildropLocked
 from ..transport import ConnectionTimeout
 
@@ -57,11 +58,6 @@ class _Close(Exception):
 
 
 Handler = Callable[["Pop3Session", Pop3Command], Awaitable[bytes]]
-
-
-def _ascii(text: str) -> bytes:
-    # responses stay ASCII (RFC 1939 has no charset for them): "§" is spelt out
-    return text.replace("§", "section ").encode("ascii", "replace")
 
 
 def _ok(text: str = "") -> bytes:

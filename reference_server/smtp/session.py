@@ -37,6 +37,7 @@ from conformance.wire.smtp import (
     next_state,
 )
 
+from ..responsetext import ascii_bytes
 from ..transport import Connection, ConnectionTimeout
 
 if TYPE_CHECKING:
@@ -128,8 +129,7 @@ class SmtpSession:
         Reply text stays ASCII (RFC 5321 §4.2 textstring): the "§" of the RFC
         references in our texts is spelt "section".
         """
-        raw = reply.raw
-        self._out += raw.replace(_SECTION, b"section ") if _SECTION in raw else raw
+        self._out += ascii_bytes(reply.raw)
 
     async def flush(self) -> None:
         if self._out:
@@ -267,9 +267,6 @@ class SmtpSession:
         self.user = None
         self.reset_transaction()
         return True
-
-
-_SECTION = "§".encode()
 
 
 @functools.lru_cache(maxsize=8)
