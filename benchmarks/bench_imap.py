@@ -58,7 +58,6 @@ import random
 import re
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -68,6 +67,11 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import procs
+from procs import free_port, reference_server, tail, wait_for_greeting
 
 REPO = Path(__file__).resolve().parent.parent
 PEERS = ("dovecot", "mailharness")
@@ -314,48 +318,15 @@ class Server:
     log: Path
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-def tail(path: Path, lines: int = 15) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return ""
-
-
 def wait_for_imap(port: int, timeout: float, alive: Callable[[], bool]) -> None:
     """Return once 127.0.0.1:port greets with ``* OK`` (bounded by timeout)."""
-    deadline = time.monotonic() + timeout
-    last = "no attempt"
-    while time.monotonic() < deadline:
-        if not alive():
-            raise RuntimeError("the server exited before listening")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=2) as s:
-                line = s.makefile("rb").readline()
-                if line.startswith(b"* OK"):
-                    s.sendall(b"a LOGOUT\r\n")
-                    return
-                last = repr(line)
-        except OSError as e:
-            last = str(e)
-        time.sleep(0.1)
-    raise RuntimeError(f"127.0.0.1:{port} gave no IMAP greeting within {timeout}s ({last})")
+    wait_for_greeting(
+        port, timeout, alive, prefix=b"* OK", goodbye=b"a LOGOUT\r\n", protocol="IMAP"
+    )
 
 
 def stop_process(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
+    procs.stop_process(proc, 15)
 
 
 def dovecot_binary() -> str | None:
@@ -508,22 +479,10 @@ def run_mailharness(work: Path, source: Path) -> Iterator[Server]:
         "  plaintext_auth: true\n"
     )
     log = work / "mailharness.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "reference_server", "--config", str(config)],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            cwd=REPO,
-        )
-    try:
-        try:
-            wait_for_imap(port, 30, lambda: proc.poll() is None)
-        except RuntimeError as e:
-            raise RuntimeError(f"{e}\n{tail(log)}") from None
+    with reference_server(
+        config, log, lambda alive: wait_for_imap(port, 30, alive), stop_timeout=15
+    ) as proc:
         yield Server(port, proc.pid, log)
-    finally:
-        stop_process(proc)
 
 
 # --- the client ----------------------------------------------------------------------------

@@ -41,7 +41,6 @@ import os
 import platform
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -54,6 +53,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import peer_postfix
+from procs import free_port, reference_server, stop_process, tail, wait_for_greeting
 
 REPO = Path(__file__).resolve().parent.parent
 SMTP_SOURCE = shutil.which("smtp-source") or "/usr/sbin/smtp-source"
@@ -107,33 +107,9 @@ class Outcome:
         return statistics.median(self.rates) if self.rates else None
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 def wait_for_smtp(port: int, timeout: float, alive: Callable[[], bool] = lambda: True) -> None:
     """Return once 127.0.0.1:port answers with a 220 greeting (bounded by timeout)."""
-    deadline = time.monotonic() + timeout
-    last = "no attempt"
-    while time.monotonic() < deadline:
-        if not alive():
-            raise RuntimeError("the server exited before listening")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=2) as s:
-                f = s.makefile("rb")
-                line = f.readline()
-                if line.startswith(b"220"):
-                    s.sendall(b"QUIT\r\n")
-                    f.readline()
-                    return
-                last = repr(line)
-        except OSError as e:
-            last = str(e)
-        time.sleep(0.1)
-    raise RuntimeError(f"127.0.0.1:{port} gave no 220 greeting within {timeout}s ({last})")
+    wait_for_greeting(port, timeout, alive, prefix=b"220", goodbye=b"QUIT\r\n", protocol="220")
 
 
 def maildir_count(*dirs: Path) -> int:
@@ -153,23 +129,6 @@ def count_maildir_files_under(root: Path) -> int:
         if Path(dirpath).name in ("new", "cur"):
             n += len(files)
     return n
-
-
-def stop_process(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
-
-
-def tail(path: Path, lines: int = 15) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return ""
 
 
 # --- the peers -----------------------------------------------------------------------
@@ -253,21 +212,8 @@ def run_mailharness(work: Path) -> Iterator[Server]:
         f"  mx: {{kind: mx, host: 127.0.0.1, port: {port}, tls: none}}\n"
     )
     log = work / "mailharness.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "reference_server", "--config", str(config)],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            cwd=REPO,
-        )
-    try:
-        try:
-            wait_for_smtp(port, 30, lambda: proc.poll() is None)
-        except RuntimeError as e:
-            raise RuntimeError(f"{e}\n{tail(log)}") from None
+    with reference_server(config, log, lambda alive: wait_for_smtp(port, 30, alive)):
         yield Server(port, lambda: count_maildir_files_under(data), diagnostics=lambda: tail(log))
-    finally:
-        stop_process(proc)
 
 
 def start(peer: str, work: Path) -> contextlib.AbstractContextManager[Server]:
