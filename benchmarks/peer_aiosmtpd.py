@@ -21,13 +21,13 @@ import asyncio
 import itertools
 import os
 import signal
-import socket
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
 from aiosmtpd.controller import Controller  # type: ignore[import-not-found, unused-ignore]
+from procs import free_port  # this script runs from benchmarks/, where procs is
 
 
 class DurableMaildir:
@@ -72,13 +72,6 @@ class ExecutorHandler(InlineHandler):
         data = envelope.original_content or envelope.content
         await asyncio.get_running_loop().run_in_executor(None, self.maildir.store, data)
         return "250 2.0.0 OK stored"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def main() -> None:
