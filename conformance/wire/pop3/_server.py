@@ -16,7 +16,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from conformance.wire._errors import LocalProtocolError
+from conformance.wire._client_lines import ClientLineBuffer
 from conformance.wire._events import NEED_DATA, ConnectionClosed, NeedData
 from conformance.wire._lines import crlf_length, to_crlf
 
@@ -55,7 +55,7 @@ class Pop3BadLine:
     raw: bytes
 
 
-class Pop3CommandReader:
+class Pop3CommandReader(ClientLineBuffer):
     """Reads what a POP3 client sends, for a server.
 
     Args:
@@ -67,33 +67,7 @@ class Pop3CommandReader:
     def __init__(self, *, max_line: int = 12288) -> None:
         if max_line < 255:
             raise ValueError("max_line below 255 breaks RFC 2449 §4")
-        self.max_line = max_line
-        self._buf = bytearray()
-        self._scan = 0  # where to resume searching for LF
-        self._draining = False  # an over-long line is being skipped
-        self._eof = False
-
-    @property
-    def pending(self) -> bytes:
-        """Bytes received and not yet turned into an event."""
-        return bytes(self._buf)
-
-    def discard_pending(self) -> bytes:
-        """Drop and return unread bytes (STLS: nothing sent before the handshake may run)."""
-        dropped = bytes(self._buf)
-        self._buf.clear()
-        self._scan = 0
-        self._draining = False
-        return dropped
-
-    def receive_data(self, data: bytes) -> None:
-        """Add bytes from the client; ``b""`` means the client closed its side."""
-        if self._eof and data:
-            raise LocalProtocolError("receive_data() called with data after EOF (b'')")
-        if data:
-            self._buf += data
-        else:
-            self._eof = True
+        super().__init__(max_line)
 
     def next_event(self) -> Pop3Command | Pop3BadLine | NeedData | ConnectionClosed:
         """The next command or bad line; NEED_DATA; or ConnectionClosed after EOF."""
@@ -113,19 +87,11 @@ class Pop3CommandReader:
         return bad if bad is not None else line[:-2]
 
     def _next_line(self) -> bytes | Pop3BadLine | NeedData | ConnectionClosed:
-        buf = self._buf
-        end = buf.find(b"\n", self._scan)
-        if end < 0:
-            if len(buf) > self.max_line:  # too long: drop what we have, keep draining
-                self._draining = True
-                del buf[:-1]  # keep a possible CR
-            self._scan = len(buf)
+        taken = self._take_line()
+        if taken is None:
             return ConnectionClosed() if self._eof else NEED_DATA
-        line = bytes(buf[: end + 1])
-        del buf[: end + 1]
-        self._scan = 0
-        if self._draining or len(line) > self.max_line:
-            self._draining = False
+        line, too_long = taken
+        if too_long:
             return Pop3BadLine(
                 reason=f"line too long (the limit is {self.max_line} octets)", raw=line
             )

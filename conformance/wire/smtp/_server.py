@@ -34,6 +34,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from conformance.wire._client_lines import ClientLineBuffer
 from conformance.wire._errors import LocalProtocolError
 from conformance.wire._events import NEED_DATA, ConnectionClosed, NeedData
 
@@ -94,7 +95,7 @@ class DataRejected:
 ServerEvent = Command | BadCommandLine | MessageData | DataRejected
 
 
-class SmtpServerReader:
+class SmtpServerReader(ClientLineBuffer):
     """Reads what an SMTP client sends, for a server.
 
     Args:
@@ -108,13 +109,9 @@ class SmtpServerReader:
     ) -> None:
         if max_command_line < 512:
             raise ValueError("max_command_line below 512 breaks RFC 5321 §4.5.3.1.4")
-        self.max_command_line = max_command_line
+        super().__init__(max_command_line)
         self.max_message_size = max_message_size
-        self._buf = bytearray()
-        self._eof = False
         self._in_data = False
-        self._scan = 0  # where to resume searching in _buf
-        self._draining = False  # over-long command line being skipped
         self._data_size = 0  # DATA bytes seen, including those discarded
         self._data_overflow = False
 
@@ -123,26 +120,9 @@ class SmtpServerReader:
         return self._in_data
 
     @property
-    def pending(self) -> bytes:
-        """Bytes received and not yet turned into an event."""
-        return bytes(self._buf)
-
-    def discard_pending(self) -> bytes:
-        """Drop and return unread bytes (STARTTLS: nothing sent before the handshake may run)."""
-        dropped = bytes(self._buf)
-        self._buf.clear()
-        self._scan = 0
-        self._draining = False
-        return dropped
-
-    def receive_data(self, data: bytes) -> None:
-        """Add bytes from the client; ``b""`` means the client closed its side."""
-        if self._eof and data:
-            raise LocalProtocolError("receive_data() called with data after EOF (b'')")
-        if data:
-            self._buf += data
-        else:
-            self._eof = True
+    def max_command_line(self) -> int:
+        """Longest command line accepted, CRLF included."""
+        return self.max_line
 
     def start_data(self) -> None:
         """Switch to message data (call after sending the 354 reply)."""
@@ -163,28 +143,19 @@ class SmtpServerReader:
     # -- commands ------------------------------------------------------------------
 
     def _next_command(self) -> Command | BadCommandLine | NeedData:
-        buf = self._buf
-        while True:
-            end = buf.find(b"\n", self._scan)
-            if end < 0:
-                if len(buf) > self.max_command_line:  # too long: drop what we have, keep draining
-                    self._draining = True
-                    del buf[:-1]  # keep a possible CR
-                self._scan = len(buf)
-                return NEED_DATA
-            line = bytes(buf[: end + 1])
-            del buf[: end + 1]
-            self._scan = 0
-            if self._draining or len(line) > self.max_command_line:
-                self._draining = False
-                return BadCommandLine(
-                    code=500,
-                    enhanced="5.5.2",
-                    text=f"line too long (the limit is {self.max_command_line} octets, "
-                    "RFC 5321 §4.5.3.1.4)",
-                    raw=line,
-                )
-            return self._parse_command(line)
+        taken = self._take_line()
+        if taken is None:
+            return NEED_DATA
+        line, too_long = taken
+        if too_long:
+            return BadCommandLine(
+                code=500,
+                enhanced="5.5.2",
+                text=f"line too long (the limit is {self.max_command_line} octets, "
+                "RFC 5321 §4.5.3.1.4)",
+                raw=line,
+            )
+        return self._parse_command(line)
 
     def _parse_command(self, line: bytes) -> Command | BadCommandLine:
         if not line.endswith(b"\r\n"):
