@@ -74,14 +74,7 @@ class SelectedMailbox:
         """Untagged EXPUNGE / EXISTS / RECENT / FETCH for the queued news, in a safe order."""
         out = bytearray()
         if allow_expunge and self._expunged:
-            gone = self._expunged
-            for index in range(len(self.uids) - 1, -1, -1):  # highest first: numbers stay valid
-                if self.uids[index] in gone:
-                    out += b"* %d EXPUNGE\r\n" % (index + 1)
-            self.uids = [uid for uid in self.uids if uid not in gone]
-            for uid in gone:
-                self._flags.pop(uid, None)
-            self._expunged = set()
+            out += self.forget(list(self._expunged))
         if self._added:
             self.uids.extend(sorted(set(self._added)))
             self._added = []
@@ -103,10 +96,11 @@ class SelectedMailbox:
         return bytes(out)
 
     def forget(self, expunged: list[int]) -> bytes:
-        """This session's own EXPUNGE/MOVE: drop them from the view, with their responses."""
+        """Drop messages from the view, with their EXPUNGE responses (this session's own
+        EXPUNGE or MOVE, or the news of another's)."""
         gone = set(expunged)
         out = bytearray()
-        for index in range(len(self.uids) - 1, -1, -1):
+        for index in range(len(self.uids) - 1, -1, -1):  # highest first: numbers stay valid
             if self.uids[index] in gone:
                 out += b"* %d EXPUNGE\r\n" % (index + 1)
         self.uids = [uid for uid in self.uids if uid not in gone]
