@@ -495,6 +495,52 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     return (yield)
 
 
+def reference_config(
+    base_config: ServerConfig,
+    data_dir: Path,
+    *,
+    limits: Mapping[str, Any] | None = None,
+    timeouts: Mapping[str, Any] | None = None,
+    faults: Sequence[Mapping[str, Any]] = (),
+    pop3: Mapping[str, Any] | None = None,
+    imap: Mapping[str, Any] | None = None,
+) -> ServerConfig:
+    """The development config with the test defaults (short timeouts and failure delay),
+    and the overrides :func:`start_server` documents."""
+    defaults = base_config.limits
+    times = dataclasses.replace(
+        defaults.timeouts, **{"command": 10.0, "data_block": 10.0, **(timeouts or {})}
+    )
+    lim = dataclasses.replace(
+        defaults,
+        **{"auth_failure_delay": 0.05, "timeouts": times, **(limits or {})},
+    )
+    return dataclasses.replace(
+        base_config,
+        data_dir=data_dir,
+        limits=lim,
+        pop3=Pop3Settings(**{"autologout": 30.0, **(pop3 or {})}),
+        imap=ImapSettings(**{"autologout": 30.0, **(imap or {})}),
+        faults=tuple(FaultRule(**rule) for rule in faults),
+    )
+
+
+def running_server(
+    dev_setup: tuple[ServerConfig, dict[str, str], Path], data_dir: Path, **overrides: Any
+) -> Iterator[RunningServer]:
+    """A server for a module-scoped fixture (``yield from``), stopped at its end;
+    ``overrides`` as for :func:`reference_config`."""
+    base_config, passwords, ca_file = dev_setup
+    srv = RunningServer(reference_config(base_config, data_dir, **overrides), passwords, ca_file)
+    srv.start()
+    try:
+        yield srv
+    finally:
+        srv.close_clients()
+        srv.wait_idle()
+        srv.stop()
+
+
 @pytest.fixture
 def start_server(
     dev_setup: tuple[ServerConfig, dict[str, str], Path], tmp_path: Path
@@ -519,23 +565,14 @@ def start_server(
         imap: Mapping[str, Any] | None = None,
         data_dir: Path | None = None,
     ) -> RunningServer:
-        defaults = base_config.limits
-        times = dataclasses.replace(
-            defaults.timeouts, **{"command": 10.0, "data_block": 10.0, **(timeouts or {})}
-        )
-        lim = dataclasses.replace(
-            defaults,
-            **{"auth_failure_delay": 0.05, "timeouts": times, **(limits or {})},
-        )
-        pop3_settings = Pop3Settings(**{"autologout": 30.0, **(pop3 or {})})
-        imap_settings = ImapSettings(**{"autologout": 30.0, **(imap or {})})
-        config = dataclasses.replace(
+        config = reference_config(
             base_config,
-            data_dir=data_dir if data_dir is not None else tmp_path / f"data{len(started)}",
-            limits=lim,
-            pop3=pop3_settings,
-            imap=imap_settings,
-            faults=tuple(FaultRule(**rule) for rule in faults),
+            data_dir if data_dir is not None else tmp_path / f"data{len(started)}",
+            limits=limits,
+            timeouts=timeouts,
+            faults=faults,
+            pop3=pop3,
+            imap=imap,
         )
         srv = RunningServer(config, passwords, ca_file)
         started.append(srv)

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import dataclasses
 import datetime
 import itertools
 import re
@@ -618,28 +617,11 @@ def shared_imap_server(
     ``imap`` overrides fields of ``ImapSettings``. Tests sharing it keep out of
     each other's way by working in mailboxes of their own (:func:`unique_name`).
     """
-    from conftest import RunningServer
+    from conftest import running_server
 
-    from reference_server.config import ImapSettings
-
-    base_config, passwords, ca_file = dev_setup
-    limits = base_config.limits
-    timeouts = dataclasses.replace(limits.timeouts, command=10.0, data_block=10.0)
-    config = dataclasses.replace(
-        base_config,
-        data_dir=data_dir,
-        limits=dataclasses.replace(
-            limits, auth_failure_delay=auth_failure_delay, timeouts=timeouts
-        ),
-        imap=ImapSettings(**{"autologout": 30.0, **imap}),
+    yield from running_server(
+        dev_setup, data_dir, limits={"auth_failure_delay": auth_failure_delay}, imap=imap
     )
-    srv = RunningServer(config, passwords, ca_file).start()
-    try:
-        yield srv
-    finally:
-        srv.close_clients()
-        srv.wait_idle()
-        srv.stop()
 
 
 def end_sessions(srv: Any) -> None:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import dataclasses
 import os
 import re
 import shutil
@@ -226,28 +225,11 @@ def shared_server(
     after each test. Tests that change settings, count auth failures (the failure
     delay grows per client address) or stop the server use ``start_server``.
     """
-    from conftest import RunningServer
+    from conftest import running_server
 
-    from reference_server.config import Pop3Settings
-
-    base_config, passwords, ca_file = dev_setup
-    limits = base_config.limits
-    timeouts = dataclasses.replace(limits.timeouts, command=10.0, data_block=10.0)
-    config = dataclasses.replace(
-        base_config,
-        data_dir=data_dir,
-        limits=dataclasses.replace(
-            limits, auth_failure_delay=auth_failure_delay, timeouts=timeouts
-        ),
-        pop3=Pop3Settings(**{"autologout": 30.0, **pop3}),
+    yield from running_server(
+        dev_setup, data_dir, limits={"auth_failure_delay": auth_failure_delay}, pop3=pop3
     )
-    srv = RunningServer(config, passwords, ca_file).start()
-    try:
-        yield srv
-    finally:
-        srv.close_clients()
-        srv.wait_idle()
-        srv.stop()
 
 
 def reset(srv: Any) -> None:
