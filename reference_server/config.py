@@ -1,8 +1,7 @@
 """The reference server's configuration: one YAML file, loaded into frozen dataclasses.
 
-Theory of operation: :func:`load_config` parses the file with a loader that
-rejects duplicate keys and knows only ``true``/``false`` as booleans (YAML
-1.2; PyYAML's YAML 1.1 would read ``tls: off`` as ``False``), then walks the
+Theory of operation: :func:`load_config` parses the file (:mod:`.configreader`: a loader that
+rejects duplicate keys and knows only ``true``/``false`` as booleans), then walks the
 plain values section by section. Every value is checked where it is read,
 and the first problem becomes a :class:`ConfigError` whose message is one
 line naming the file and the key path, and saying how to fix it::
@@ -19,18 +18,15 @@ See docs/reference-server.md, section "Configuration", for every key.
 
 from __future__ import annotations
 
-import difflib
 import ipaddress
-import math
 import re
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, Final, NoReturn, TypeGuard
+from typing import Final
 
-import yaml
-from yaml.constructor import ConstructorError
+from .configreader import ConfigError, Reader, is_int, is_ip, parse_yaml_file, show
 
 __all__ = [
     "ConfigError",
@@ -47,24 +43,6 @@ __all__ = [
     "TlsMode",
     "load_config",
 ]
-
-
-class ConfigError(ValueError):
-    """A problem in a configuration file, as one line: ``file: key.path: message``.
-
-    Attributes:
-        file: the file as given to :func:`load_config`.
-        key: the key path (``listeners.mx.port``, ``faults[0].reply``), or ``""``
-            when the problem concerns the file as a whole.
-        message: the problem and how to fix it.
-    """
-
-    def __init__(self, file: str, key: str, message: str) -> None:
-        self.file = file
-        self.key = key
-        self.message = message
-        where = f"{file}: {key}: " if key else f"{file}: "
-        super().__init__(where + message)
 
 
 class ListenerKind(StrEnum):
@@ -275,175 +253,9 @@ class ServerConfig:
         return domain.lower().rstrip(".") in self.domains
 
 
-# --- YAML loading ---------------------------------------------------------------------------
-
-_BOOL_TAG = "tag:yaml.org,2002:bool"
-_MERGE_TAG = "tag:yaml.org,2002:merge"
-
-
-class _Loader(yaml.SafeLoader):
-    """SafeLoader with YAML 1.2 booleans and duplicate keys rejected."""
-
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Hashable, Any]:
-        seen: set[object] = set()
-        for key_node, _ in node.value:
-            if key_node.tag == _MERGE_TAG:
-                continue
-            key = self.construct_object(key_node, deep=True)
-            try:
-                duplicate = key in seen
-            except TypeError:  # unhashable; the base class reports it
-                continue
-            if duplicate:
-                raise ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
-            seen.add(key)
-        return super().construct_mapping(node, deep=deep)
-
-
-def _yaml12_resolvers() -> dict[str, list[tuple[str, re.Pattern[str]]]]:
-    table: dict[str, list[tuple[str, re.Pattern[str]]]] = {
-        first: [(tag, rx) for tag, rx in resolvers if tag != _BOOL_TAG]
-        for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
-    }
-    boolean = re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$")
-    for first in "tTfF":
-        table.setdefault(first, []).append((_BOOL_TAG, boolean))
-    return table
-
-
-_Loader.yaml_implicit_resolvers = _yaml12_resolvers()
-
-
-def _parse(path: Path, shown: str) -> object:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(shown, "", "no such file; give the path of a server config") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(shown, "", f"cannot read: {exc}") from None
-    try:
-        docs = list(yaml.load_all(text, Loader=_Loader))  # a SafeLoader subclass
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark
-        problem = " ".join(str(exc.problem or exc).split())
-        at = f"{shown}:{mark.line + 1}:{mark.column + 1}" if mark is not None else shown
-        raise ConfigError(at, "", f"invalid YAML: {problem}") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(shown, "", f"invalid YAML: {' '.join(str(exc).split())}") from None
-    if len(docs) > 1:
-        raise ConfigError(shown, "", "a config file holds one YAML document, found several")
-    return docs[0] if docs else None
-
-
-# --- checking values -----------------------------------------------------------------------
-
-_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
-_DOMAIN = re.compile(rf"^{_LABEL}(?:\.{_LABEL})*\.?$")  # RFC 5321 §4.1.2 Domain, plus a root dot
 _REPLY = re.compile(r"^[45][0-9][0-9](?: [^\r\n]*)?$")  # RFC 5321 §4.2 Reply-line, one line
 _VERB = re.compile(r"^[A-Z]{1,20}$")
 _SPECIAL_COMMANDS: Final = ("CONNECT", "DATA_END", "*")
-
-
-def _show(value: object) -> str:
-    if value is None:
-        return "nothing"
-    if isinstance(value, Mapping):
-        return "a mapping"
-    if isinstance(value, list):
-        return "a list"
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
-class _Reader:
-    """Checks values and raises :class:`ConfigError` for the first problem."""
-
-    def __init__(self, shown: str, base: Path) -> None:
-        self.shown = shown
-        self.base = base
-
-    def fail(self, key: str, message: str) -> NoReturn:
-        raise ConfigError(self.shown, key, message)
-
-    def section(
-        self, value: object, key: str, known: Sequence[str] | None, what: str = "a mapping"
-    ) -> dict[str, object]:
-        """A mapping with string keys, all in ``known`` unless that is None; null is empty."""
-        if value is None:
-            return {}
-        if not isinstance(value, dict):
-            self.fail(key, f"expected {what}, got {_show(value)}")
-        for name in value:
-            if not isinstance(name, str):
-                self.fail(key, f"keys must be strings, got {_show(name)}")
-            if known is not None and name not in known:
-                close = difflib.get_close_matches(name, known, n=1)
-                hint = f"did you mean {close[0]!r}?" if close else "known keys: " + ", ".join(known)
-                self.fail(_join(key, name), f"unknown key; {hint}")
-        return value
-
-    def integer(self, value: object, key: str, low: int, high: int | None = None) -> int:
-        if _is_int(value) and value >= low and (high is None or value <= high):
-            return value
-        bounds = f"{low}-{high}" if high is not None else f"of at least {low}"
-        self.fail(key, f"expected an integer {bounds}, got {_show(value)}")
-
-    def number(self, value: object, key: str, what: str, low: float, high: float | None) -> float:
-        if _is_number(value):
-            number = float(value)
-            if math.isfinite(number) and number >= low and (high is None or number <= high):
-                return number
-        self.fail(key, f"expected {what}, got {_show(value)}")
-
-    def positive(self, value: object, key: str) -> float:
-        if _is_number(value) and math.isfinite(value) and value > 0:
-            return float(value)
-        self.fail(key, f"expected a positive number of seconds, got {_show(value)}")
-
-    def string(self, value: object, key: str, what: str = "a string") -> str:
-        if isinstance(value, str) and value.strip():
-            return value
-        self.fail(key, f"expected {what}, got {_show(value)}")
-
-    def boolean(self, value: object, key: str) -> bool:
-        if isinstance(value, bool):
-            return value
-        self.fail(key, f"expected true or false, got {_show(value)}")
-
-    def path(self, value: object, key: str) -> Path:
-        text = self.string(value, key, "a file path")
-        return self.base / text
-
-    def domain(self, value: object, key: str, example: str) -> str:
-        if isinstance(value, str) and _DOMAIN.match(value) and not _is_ip(value):
-            return value.rstrip(".")
-        self.fail(key, f"expected a domain name like {example}, got {_show(value)}")
-
-    def choice(self, value: object, key: str, what: str, options: Sequence[str]) -> str:
-        if isinstance(value, str) and value in options:
-            return value
-        self.fail(key, f"unknown {what} {_show(value)}; expected one of {', '.join(options)}")
-
-
-def _is_int(value: object) -> TypeGuard[int]:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value: object) -> TypeGuard[int | float]:
-    return isinstance(value, int | float) and not isinstance(value, bool)
-
-
-def _join(key: str, name: str) -> str:
-    return f"{key}.{name}" if key else name
-
-
-def _is_ip(text: str) -> bool:
-    try:
-        ipaddress.ip_address(text)
-    except ValueError:
-        return False
-    return True
-
 
 # --- the sections ---------------------------------------------------------------------------
 
@@ -481,8 +293,8 @@ def load_config(path: str | Path) -> ServerConfig:
     """
     shown = str(path)
     path = Path(path)
-    raw = _parse(path, shown)
-    r = _Reader(shown, path.absolute().parent)
+    raw = parse_yaml_file(path, shown)
+    r = Reader(shown, path.absolute().parent)
     if raw is None:
         r.fail("", "the file is empty; give at least hostname (e.g. hostname: mail.example.test)")
     top = r.section(raw, "", _TOP_KEYS, "a mapping of settings at the top level")
@@ -499,7 +311,7 @@ def load_config(path: str | Path) -> ServerConfig:
     if not isinstance(domains_raw, list) or not domains_raw:
         r.fail(
             "domains",
-            f"expected a list of domain names like [example.test], got {_show(domains_raw)}",
+            f"expected a list of domain names like [example.test], got {show(domains_raw)}",
         )
     domains: list[str] = []
     for i, item in enumerate(domains_raw):
@@ -535,7 +347,7 @@ def load_config(path: str | Path) -> ServerConfig:
     )
 
 
-def _listeners(r: _Reader, value: object) -> dict[str, ListenerConfig]:
+def _listeners(r: Reader, value: object) -> dict[str, ListenerConfig]:
     if value is None or value == {}:
         r.fail("listeners", "no listeners; give at least one, e.g. mx: {kind: mx, port: 25}")
     specs = r.section(value, "listeners", None, "a mapping of listener name to listener")
@@ -553,11 +365,11 @@ def _listeners(r: _Reader, value: object) -> dict[str, ListenerConfig]:
         else:
             r.fail(f"{key}.kind", f"missing; give one of {', '.join(kinds)}")
         host = spec.get("host", "127.0.0.1")
-        if not isinstance(host, str) or not _is_ip(host):
+        if not isinstance(host, str) or not is_ip(host):
             r.fail(
                 f"{key}.host",
                 f"expected an IP address like 127.0.0.1 or ::1 (the server does no DNS lookups), "
-                f"got {_show(host)}",
+                f"got {show(host)}",
             )
         host = str(ipaddress.ip_address(host))
         port = r.integer(spec.get("port", _DEFAULT_PORT[kind]), f"{key}.port", 0, 65535)
@@ -581,7 +393,7 @@ def _listeners(r: _Reader, value: object) -> dict[str, ListenerConfig]:
     return result
 
 
-def _tls(r: _Reader, value: object, listeners: Mapping[str, ListenerConfig]) -> TlsConfig:
+def _tls(r: Reader, value: object, listeners: Mapping[str, ListenerConfig]) -> TlsConfig:
     spec = r.section(value, "tls", ("cert_file", "key_file", "generate"))
     tls = TlsConfig(
         cert_file=r.path(spec.get("cert_file", "./cert.pem"), "tls.cert_file"),
@@ -607,7 +419,7 @@ def _tls(r: _Reader, value: object, listeners: Mapping[str, ListenerConfig]) -> 
     return tls
 
 
-def _limits(r: _Reader, value: object) -> Limits:
+def _limits(r: Reader, value: object) -> Limits:
     known = (
         "max_message_size",
         "max_recipients",
@@ -619,7 +431,7 @@ def _limits(r: _Reader, value: object) -> Limits:
     spec = r.section(value, "limits", known)
     d = Limits()
     recipients = spec.get("max_recipients", d.max_recipients)
-    if _is_int(recipients) and recipients < 100:
+    if is_int(recipients) and recipients < 100:
         r.fail(
             "limits.max_recipients",
             f"expected an integer of at least 100 (RFC 5321 §4.5.3.1.8), got {recipients}",
@@ -672,7 +484,7 @@ def _limits(r: _Reader, value: object) -> Limits:
     )
 
 
-def _pop3(r: _Reader, value: object, listeners: Mapping[str, ListenerConfig]) -> Pop3Settings:
+def _pop3(r: Reader, value: object, listeners: Mapping[str, ListenerConfig]) -> Pop3Settings:
     spec = r.section(
         value, "pop3", ("autologout", "plaintext_auth", "login_delay", "max_auth_failures")
     )
@@ -706,7 +518,7 @@ def _pop3(r: _Reader, value: object, listeners: Mapping[str, ListenerConfig]) ->
     return settings
 
 
-def _imap(r: _Reader, value: object, listeners: Mapping[str, ListenerConfig]) -> ImapSettings:
+def _imap(r: Reader, value: object, listeners: Mapping[str, ListenerConfig]) -> ImapSettings:
     keys = (
         "autologout",
         "login_timeout",
@@ -749,12 +561,12 @@ def _imap(r: _Reader, value: object, listeners: Mapping[str, ListenerConfig]) ->
 
 
 def _faults(
-    r: _Reader, value: object, listeners: Mapping[str, ListenerConfig]
+    r: Reader, value: object, listeners: Mapping[str, ListenerConfig]
 ) -> tuple[FaultRule, ...]:
     if value is None:
         return ()
     if not isinstance(value, list):
-        r.fail("faults", f"expected a list of fault rules, got {_show(value)}")
+        r.fail("faults", f"expected a list of fault rules, got {show(value)}")
     known = ("listener", "command", "delay", "reply_rate", "reply", "drop_rate", "seed")
     d = FaultRule()
     rules: list[FaultRule] = []
@@ -777,13 +589,13 @@ def _faults(
             r.fail(
                 f"{key}.command",
                 f"expected a command verb (like RCPT), CONNECT, DATA_END or '*', "
-                f"got {_show(command_raw)}",
+                f"got {show(command_raw)}",
             )
         reply = spec.get("reply", d.reply)
         if not isinstance(reply, str) or not _REPLY.match(reply):
             r.fail(
                 f"{key}.reply",
-                f'expected a reply with a 4xx or 5xx code, like "{d.reply}", got {_show(reply)}',
+                f'expected a reply with a 4xx or 5xx code, like "{d.reply}", got {show(reply)}',
             )
         rate = "a number from 0 to 1"
         rule = FaultRule(
