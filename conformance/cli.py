@@ -21,6 +21,7 @@ from pathlib import Path
 
 import click
 
+from conformance.cli_queue import queue
 from reference_server.app import MailServer, serve_until_signal
 from reference_server.config import ConfigError, load_config
 from reference_server.controller import ServerThread
@@ -430,6 +431,9 @@ def _describe_target(target: Target) -> dict[str, object]:
         "services": {n: f"{s.host}:{s.port}/{s.tls.value}" for n, s in target.services.items()},
         "tls_verify": target.verify,
     }
+
+
+main.add_command(queue)
 
 
 if __name__ == "__main__":  # pragma: no cover

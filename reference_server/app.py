@@ -13,6 +13,8 @@ from .auth import Accounts
 from .config import IMAP_KINDS, POP3_KINDS, SMTP_KINDS, ListenerKind, ServerConfig
 from .imap.server import ImapListener
 from .listener import Listener
+from .outbound.control import ControlServer
+from .outbound.runner import QueueRunner
 from .pop3.server import Pop3Listener
 from .smtp.server import SmtpListener
 from .storage import MaildirStore, OutboundSpool
@@ -50,6 +52,8 @@ class MailServer:
             cls = next(c for group, c in kinds if lst.kind in group)
             self.listeners.append(cls(self, name, lst.kind, lst.tls, lst.host, lst.port))
         self.bound: dict[str, tuple[str, int]] = {}
+        self.queue = QueueRunner(self)
+        self.control = ControlServer(self.queue, config.data_dir)
 
     def _tls_context(self) -> ssl.SSLContext | None:
         """The certificate from the config, or a generated development one; None without TLS."""
@@ -60,7 +64,10 @@ class MailServer:
         return server_context(files.cert_file, files.key_file)
 
     async def start(self) -> dict[str, tuple[str, int]]:
-        """Open every listener; returns where each one is bound (port 0 becomes a real port)."""
+        """Start the queue, open every listener; returns where each one is bound (port 0 becomes
+        a real port)."""
+        await self.queue.start()
+        await self.control.start()
         for listener in self.listeners:
             self.bound[listener.name] = await listener.start()
             log.info(
@@ -75,6 +82,8 @@ class MailServer:
         """421 to every session, close the listeners, finish storage work."""
         self.stopping = True
         await asyncio.gather(*(listener.stop() for listener in self.listeners))
+        await self.control.stop()
+        await self.queue.stop()
         await asyncio.to_thread(self.imap_store.close)
         await self.store.close()
         await self.spool.close()

@@ -27,6 +27,8 @@ from pathlib import Path
 from typing import Final
 
 from .configreader import ConfigError, Reader, is_int, is_ip, parse_yaml_file, show
+from .outbound.configsections import parse_queue, parse_relay
+from .outbound.settings import QueueSettings, RelaySettings
 
 __all__ = [
     "ConfigError",
@@ -226,6 +228,8 @@ class ServerConfig:
     pop3: Pop3Settings = field(default_factory=Pop3Settings)
     imap: ImapSettings = field(default_factory=ImapSettings)
     faults: tuple[FaultRule, ...] = ()
+    relay: RelaySettings = field(default_factory=RelaySettings)
+    queue: QueueSettings = field(default_factory=QueueSettings)
     source: Path | None = None
 
     @property
@@ -271,6 +275,8 @@ _TOP_KEYS: Final = (
     "pop3",
     "imap",
     "faults",
+    "relay",
+    "queue",
 )
 _DEFAULT_LISTENERS: Final[Mapping[str, Mapping[str, object]]] = {
     "mx": {"kind": "mx"},
@@ -331,6 +337,8 @@ def load_config(path: str | Path) -> ServerConfig:
     pop3 = _pop3(r, top.get("pop3"), listeners)
     imap = _imap(r, top.get("imap"), listeners)
     faults = _faults(r, top.get("faults"), listeners)
+    relay = parse_relay(r, top.get("relay"))
+    queue = parse_queue(r, top.get("queue"))
     return ServerConfig(
         hostname=hostname,
         domains=tuple(domains),
@@ -343,6 +351,8 @@ def load_config(path: str | Path) -> ServerConfig:
         pop3=pop3,
         imap=imap,
         faults=faults,
+        relay=relay,
+        queue=queue,
         source=path.absolute(),
     )
 

@@ -90,6 +90,12 @@ def dev_config(base_dir: Path, *, host: str = "127.0.0.1") -> tuple[ServerConfig
         "postmaster": DEV_ACCOUNTS[0],
         "tls": {"generate": True},  # into data/tls/, since ./cert.pem and ./key.pem do not exist
         "listeners": listeners,
+        # nothing leaves the machine: other domains go to a closed loopback port (and wait
+        # in the queue), and the resolver is a loopback address where nobody answers
+        "relay": {
+            "routes": {"*": {"host": "127.0.0.1", "port": 1}},
+            "dns": {"nameservers": ["127.0.0.1"], "port": 1, "timeout": 1},
+        },
     }
     config_file = base_dir / "server.yaml"
     _write_yaml(

@@ -311,7 +311,10 @@ async def _store(session: SmtpSession, message: bytes) -> None:
             server.imap_store.notify_delivery(user)
     if env.remote:
         peer = session.conn.peer[0]
-        await server.spool.enqueue(env.sender or "", env.remote, message, received_from=peer)
+        queue_id = await server.spool.enqueue(
+            env.sender or "", env.remote, message, received_from=peer
+        )
+        server.queue.submitted(queue_id)
 
 
 def _received(session: SmtpSession, now: float) -> bytes:

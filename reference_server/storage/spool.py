@@ -12,14 +12,23 @@ returns only once it is durable, so the server acknowledges nothing it could
 lose. Names starting with "." are never queue entries; ``.tmp-*`` leftovers of a
 crash are ignored by :meth:`OutboundSpool.list`.
 
+Delivery progress lives beside them in ``state.json`` (:class:`QueueState`: the
+attempts so far, the next one, and each recipient's status and last answer). An
+entry without it has never been tried, so the SMTP path writes nothing extra.
+:meth:`OutboundSpool.write_state` replaces it atomically and durably (write a
+temporary file, fsync, rename over, fsync the entry's directory): after a crash
+the file holds the old state or the new one, never a mix.
+
 The queue runner (sending, retries, bounces) is not here; it reads the spool
-through :meth:`OutboundSpool.list` and :meth:`OutboundSpool.remove`.
+through :meth:`OutboundSpool.list`, :meth:`OutboundSpool.read_state`,
+:meth:`OutboundSpool.write_state` and :meth:`OutboundSpool.remove`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import builtins
+import contextlib
 import itertools
 import json
 import logging
@@ -28,9 +37,9 @@ import shutil
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, cast
 
 from reference_server.storage.maildir import (
     DirectorySync,
@@ -39,13 +48,18 @@ from reference_server.storage.maildir import (
     write_new_file,
 )
 
-__all__ = ["ENVELOPE_VERSION", "OutboundSpool", "SpoolEntry"]
+__all__ = ["ENVELOPE_VERSION", "OutboundSpool", "QueueState", "RecipientState", "SpoolEntry"]
 
 log = logging.getLogger(__name__)
 
 ENVELOPE_VERSION = 1
 MESSAGE_FILE = "message.eml"
 ENVELOPE_FILE = "envelope.json"
+STATE_FILE = "state.json"
+STATE_VERSION = 1
+
+RecipientStatus = Literal["pending", "delivered", "failed"]
+_STATUSES: tuple[RecipientStatus, ...] = ("pending", "delivered", "failed")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -69,6 +83,96 @@ class SpoolEntry:
     message_path: Path
     created: float
     received_from: str | None = None
+
+
+@dataclass(kw_only=True)
+class RecipientState:
+    """Where one recipient of a queued message stands.
+
+    Attributes:
+        status: ``pending`` (still to try), ``delivered`` or ``failed`` (for good).
+        code: the RFC 3463 status of the last answer or error (``"4.4.1"``).
+        diagnostic: the last answer (``"450 4.2.1 mailbox busy"``) or error text.
+        remote_mta: the host that gave that answer, if one did.
+        last_attempt: when it was last tried, seconds since the epoch.
+    """
+
+    status: RecipientStatus = "pending"
+    code: str | None = None
+    diagnostic: str | None = None
+    remote_mta: str | None = None
+    last_attempt: float | None = None
+
+
+@dataclass(kw_only=True)
+class QueueState:
+    """Delivery progress of one queued message (``state.json``).
+
+    Attributes:
+        recipients: per recipient, in envelope order, without repeats.
+        attempts: delivery attempts made so far.
+        next_attempt: when the next one is due, seconds since the epoch.
+        last_attempt: when the last one started, if any.
+        warned: a "delayed" DSN was sent.
+        bounced: the DSN for the failed recipients was stored.
+    """
+
+    recipients: dict[str, RecipientState] = field(default_factory=dict)
+    attempts: int = 0
+    next_attempt: float = 0.0
+    last_attempt: float | None = None
+    warned: bool = False
+    bounced: bool = False
+
+    @classmethod
+    def fresh(cls, entry: SpoolEntry) -> QueueState:
+        """The state of an entry never tried: every recipient pending, due at once."""
+        recipients = {address: RecipientState() for address in entry.recipients}
+        return cls(recipients=recipients, next_attempt=entry.created)
+
+    def with_status(self, status: RecipientStatus) -> builtins.list[str]:
+        """The recipients in ``status``, in envelope order."""
+        return [a for a, r in self.recipients.items() if r.status == status]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "version": STATE_VERSION,
+            "attempts": self.attempts,
+            "next_attempt": self.next_attempt,
+            "last_attempt": self.last_attempt,
+            "warned": self.warned,
+            "bounced": self.bounced,
+            "recipients": [{"address": a, **vars(r)} for a, r in self.recipients.items()],
+        }
+
+    @classmethod
+    def from_json(cls, data: object) -> QueueState:
+        """Raises ValueError when ``data`` is not a state this version wrote."""
+        if not isinstance(data, dict) or data.get("version") != STATE_VERSION:
+            raise ValueError(f"{STATE_FILE} is not a version {STATE_VERSION} state")
+        try:
+            recipients: dict[str, RecipientState] = {}
+            for item in data["recipients"]:
+                status = item["status"]
+                if status not in _STATUSES:
+                    raise ValueError(f"unknown recipient status {status!r}")
+                recipients[str(item["address"])] = RecipientState(
+                    status=cast(RecipientStatus, status),
+                    code=item.get("code"),
+                    diagnostic=item.get("diagnostic"),
+                    remote_mta=item.get("remote_mta"),
+                    last_attempt=item.get("last_attempt"),
+                )
+            return cls(
+                recipients=recipients,
+                attempts=int(data["attempts"]),
+                next_attempt=float(data["next_attempt"]),
+                last_attempt=data.get("last_attempt"),
+                warned=bool(data.get("warned", False)),
+                bounced=bool(data.get("bounced", False)),
+            )
+        except (KeyError, TypeError) as exc:
+            raise ValueError(f"{STATE_FILE} has missing or mistyped fields ({exc})") from None
 
 
 class OutboundSpool:
@@ -199,6 +303,50 @@ class OutboundSpool:
         entries.sort(key=lambda e: (e.created, e.id))
         return entries
 
+    def get(self, queue_id: str) -> SpoolEntry:
+        """One queued message by id.
+
+        Raises:
+            ValueError: not a queue id, or its envelope cannot be read.
+            FileNotFoundError: no such entry.
+        """
+        self._check_id(queue_id)
+        if not (self.root / queue_id).is_dir():
+            raise FileNotFoundError(f"no queued message {queue_id}")
+        return self._read_entry(queue_id)
+
+    def read_state(self, entry: SpoolEntry) -> QueueState:
+        """The delivery progress of ``entry``; :meth:`QueueState.fresh` if it was never tried.
+
+        Raises:
+            ValueError: ``state.json`` exists but cannot be read.
+        """
+        try:
+            data = (self.root / entry.id / STATE_FILE).read_bytes()
+        except FileNotFoundError:
+            return QueueState.fresh(entry)
+        try:
+            return QueueState.from_json(json.loads(data))
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{STATE_FILE} is not JSON: {exc}") from None
+
+    def write_state(self, queue_id: str, state: QueueState) -> None:
+        """Replace the entry's ``state.json`` atomically and durably (blocks on disk I/O).
+
+        Raises:
+            OSError: it could not be written; the previous state stays.
+        """
+        self._check_id(queue_id)
+        directory = self.root / queue_id
+        temporary = directory / f".{STATE_FILE}.tmp"
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temporary)  # left by a crash mid-write
+        data = json.dumps(state.to_json(), ensure_ascii=False, indent=1).encode("utf-8") + b"\n"
+        self._write_durably(temporary, data)
+        os.rename(temporary, directory / STATE_FILE)
+        if self.fsync:
+            self._fsync_dir(directory)
+
     def remove(self, queue_id: str) -> None:
         """Delete a queue entry (delivered, or bounced for good).
 
@@ -212,8 +360,7 @@ class OutboundSpool:
             ValueError: the id is not a queue id.
             FileNotFoundError: no such entry.
         """
-        if not queue_id or "/" in queue_id or queue_id.startswith(".") or "\x00" in queue_id:
-            raise ValueError(f"not a queue id: {queue_id!r}")
+        self._check_id(queue_id)
         doomed = self.root / f".del-{queue_id}"
         os.rename(self.root / queue_id, doomed)
         if self.fsync:
@@ -221,6 +368,11 @@ class OutboundSpool:
         shutil.rmtree(doomed, ignore_errors=True)
 
     # -- internals ---------------------------------------------------------------------
+
+    @staticmethod
+    def _check_id(queue_id: str) -> None:
+        if not queue_id or "/" in queue_id or queue_id.startswith(".") or "\x00" in queue_id:
+            raise ValueError(f"not a queue id: {queue_id!r}")
 
     def _stage(
         self,

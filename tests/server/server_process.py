@@ -34,6 +34,7 @@ class ServerProcess:
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
                 stderr=err,
+                bufsize=0,  # unbuffered: select() on the pipe must see every line
             )
         self.ports: dict[str, int] = {}
         try:

@@ -189,7 +189,7 @@ ERRORS = [
     pytest.param(
         LISTENER + "colour: blue\n",
         "colour: unknown key; known keys: hostname, domains, data_dir, accounts_file, "
-        "postmaster, tls, listeners, limits, pop3, imap, faults",
+        "postmaster, tls, listeners, limits, pop3, imap, faults, relay, queue",
         id="unknown-key-lists",
     ),
     pytest.param(

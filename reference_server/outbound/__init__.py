@@ -1,0 +1,1 @@
+"""The outbound half of the reference server: routing, the relay client, retries and bounces."""
