@@ -57,6 +57,9 @@ class Sink:
     transactions: list[float] = field(default_factory=list)  # when each DATA ended
     holding: threading.Event = field(default_factory=threading.Event)
     release: threading.Event = field(default_factory=threading.Event)
+    delay: float = 0.0  # seconds before answering DATA (to make deliveries overlap)
+    connected: int = 0  # connections open now
+    most_connected: int = 0  # the most open at once
     _lock: threading.Lock = field(default_factory=threading.Lock)
     server: ScriptedServer | None = None
 
@@ -75,6 +78,16 @@ class Sink:
         return self.server.port
 
     def handler(self, conn: ScriptConn) -> None:
+        with self._lock:
+            self.connected += 1
+            self.most_connected = max(self.most_connected, self.connected)
+        try:
+            self._converse(conn)
+        finally:
+            with self._lock:
+                self.connected -= 1
+
+    def _converse(self, conn: ScriptConn) -> None:
         conn.sendline("220 sink.test ESMTP")
         sender, recipients = "", list[str]()
         while True:
@@ -108,6 +121,7 @@ class Sink:
             self.transactions.append(time.monotonic())
             number = len(self.transactions)
         reply = self.decide(number)
+        time.sleep(self.delay)
         if number == self.hold:
             self.holding.set()
             self.release.wait(30)

@@ -340,3 +340,15 @@ def test_a_domain_that_takes_no_mail_bounces_at_once(
         _, blocks = delivery_status(dsn)
         assert blocks[1]["Status"] == status
         assert blocks[1]["Action"] == "failed"
+
+
+def test_deliveries_to_one_destination_respect_the_concurrency_limit(tmp_path: Path) -> None:
+    count = 6
+    with Sink(delay=0.3) as sink:
+        a = a_test(tmp_path, sink, max_per_destination=2)
+        with running(a) as srv:
+            for i in range(count):
+                submit(a, srv.bound["submission"][1], message(f"parallel {i}"))
+            wait_for(lambda: len(sink.accepted) == count, what="every message")
+            wait_for(lambda: not spool_entries(a), what="the spool to empty")
+        assert sink.most_connected == 2
