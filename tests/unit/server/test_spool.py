@@ -210,3 +210,56 @@ def test_remove(tmp_path: Path) -> None:
     for bad in ["", "../x", ".tmp-x"]:
         with pytest.raises(ValueError):
             spool.remove(bad)
+
+
+# -- delivery state ---------------------------------------------------------------------
+
+
+def test_an_entry_never_tried_has_a_fresh_state(tmp_path: Path) -> None:
+    spool = OutboundSpool(tmp_path, clock=lambda: 1_700_000_000.0)
+    queue_id = spool.enqueue_sync("a@x.test", ["b@y.test", "c@y.test", "b@y.test"], b"m\r\n")
+    state = spool.read_state(spool.get(queue_id))
+    assert list(state.recipients) == ["b@y.test", "c@y.test"]  # repeats collapse
+    assert state.with_status("pending") == ["b@y.test", "c@y.test"]
+    assert (state.attempts, state.next_attempt, state.bounced) == (0, 1_700_000_000.0, False)
+
+
+def test_state_round_trips_and_is_replaced_durably(tmp_path: Path) -> None:
+    recorder = FsyncRecorder()
+    spool = OutboundSpool(tmp_path, fsync_fn=recorder)
+    queue_id = spool.enqueue_sync("a@x.test", ["b@y.test", "c@y.test"], b"m\r\n")
+    entry = spool.get(queue_id)
+    state = spool.read_state(entry)
+    state.attempts, state.next_attempt, state.warned = 2, 1234.5, True
+    state.recipients["b@y.test"].status = "delivered"
+    failed = state.recipients["c@y.test"]
+    failed.status, failed.code, failed.diagnostic = "failed", "5.1.1", "550 5.1.1 no such user"
+    recorder.calls.clear()
+    spool.write_state(queue_id, state)
+    assert spool.read_state(entry) == state
+    directory = tmp_path / queue_id
+    assert sorted(os.listdir(directory)) == ["envelope.json", "message.eml", "state.json"]
+    # the temporary file is synced before the rename, the directory after it
+    kinds = [(kind, path.name) for kind, path, _ in recorder.calls]
+    assert kinds == [("file", ".state.json.tmp"), ("dir", queue_id)]
+    assert "state.json" in recorder.calls[1][2]
+
+
+def test_a_broken_state_file_is_a_value_error(tmp_path: Path) -> None:
+    spool = OutboundSpool(tmp_path)
+    queue_id = spool.enqueue_sync("a@x.test", ["b@y.test"], b"m\r\n")
+    entry = spool.get(queue_id)
+    (tmp_path / queue_id / "state.json").write_text('{"version": 1, "attempts": "x"}')
+    with pytest.raises(ValueError, match=r"state\.json has missing or mistyped fields"):
+        spool.read_state(entry)
+    (tmp_path / queue_id / "state.json").write_text("{not json")
+    with pytest.raises(ValueError, match=r"state\.json is not JSON"):
+        spool.read_state(entry)
+
+
+def test_get_refuses_bad_and_unknown_ids(tmp_path: Path) -> None:
+    spool = OutboundSpool(tmp_path)
+    with pytest.raises(ValueError, match="not a queue id"):
+        spool.get("../x")
+    with pytest.raises(FileNotFoundError, match="no queued message"):
+        spool.get("0123-nope")
