@@ -31,6 +31,7 @@ import asyncio
 import contextlib
 import dataclasses
 import ipaddress
+import os
 import re
 import ssl
 from collections.abc import Sequence
@@ -125,6 +126,7 @@ class _Connection:
         self.writer = writer
         self.hop = hop
         self.replies = SmtpReplyReader(strict=False)
+        self.usable = True  # false once a TLS handshake failed half-way
 
     async def send(self, data: bytes) -> None:
         self.writer.write(data)
@@ -226,13 +228,20 @@ async def _attempt(
         async with asyncio.timeout(timeouts.connect):
             reader, writer = await asyncio.open_connection(hop.address, hop.port)
     except (OSError, TimeoutError) as exc:
-        reason = "timed out" if isinstance(exc, TimeoutError) else exc.strerror or str(exc)
+        if isinstance(exc, TimeoutError):
+            reason = "timed out"
+        else:  # asyncio's own text repeats the address and omits the reason
+            reason = os.strerror(exc.errno) if exc.errno else str(exc)
         raise HopFailure(
             "4.4.1", f"connect to {remote}[{hop.address}]:{hop.port}: {reason}"
         ) from None
     conn = _Connection(reader, writer, hop)
     try:
         return await _converse(conn, helo, sender, recipients, message, timeouts)
+    except HopFailure:
+        if conn.usable:  # RFC 5321 §4.1.1.10 (and §3.1: a 554 greeter waits for QUIT)
+            await _quit(conn, timeouts)
+        raise
     except (OSError, ssl.SSLError, TimeoutError, RemoteProtocolError) as exc:
         what = "timed out" if isinstance(exc, TimeoutError) else str(exc) or type(exc).__name__
         raise HopFailure("4.4.2", f"conversation with {remote}[{hop.address}]: {what}") from None
@@ -283,8 +292,10 @@ async def _converse(
                     raise HopFailure("4.7.4", f"{hop.host} refused STARTTLS: {_show(reply)}")
             else:
                 context, name = _tls_context(hop)
+                conn.usable = False
                 try:
-                    await conn.starttls(context, name)
+                    async with asyncio.timeout(timeouts.command):
+                        await conn.starttls(context, name)
                 except ssl.SSLCertVerificationError as exc:
                     raise HopFailure(
                         "4.7.5", f"{hop.host}: certificate not trusted: {exc.verify_message}"
@@ -293,22 +304,29 @@ async def _converse(
                     if hop.tls is TlsPolicy.MAY:
                         raise _TlsFallback(str(exc)) from None
                     raise HopFailure("4.7.5", f"{hop.host}: TLS handshake failed: {exc}") from None
+                conn.usable = True
                 ext = await _greet(conn, helo, timeouts)  # RFC 3207 §4.2: forget what we knew
         elif hop.tls is not TlsPolicy.MAY:
             raise HopFailure("4.7.4", f"{hop.host} does not offer STARTTLS, and TLS is required")
 
     body_8bit = not message.isascii()
     utf8 = needs_smtputf8(sender, recipients, message)
-    if utf8 and "SMTPUTF8" not in ext:
-        return _all(recipients, _local_failure("5.6.7", f"{hop.host} does not offer SMTPUTF8"))
-    if body_8bit and "8BITMIME" not in ext and "SMTPUTF8" not in ext:
-        return _all(recipients, _local_failure("5.6.3", f"{hop.host} does not offer 8BITMIME"))
+    refusal = None
     size_limit = ext.get("SIZE", ())
-    if size_limit and size_limit[0].isdigit() and 0 < int(size_limit[0]) < len(message):
-        return _all(
-            recipients,
-            _local_failure("5.3.4", f"{hop.host} takes at most {size_limit[0]} octets (SIZE)"),
-        )
+    if utf8 and "SMTPUTF8" not in ext:
+        refusal = _local_failure("5.6.7", f"{hop.host} does not offer SMTPUTF8")
+    elif body_8bit and "8BITMIME" not in ext and "SMTPUTF8" not in ext:
+        refusal = _local_failure("5.6.3", f"{hop.host} does not offer 8BITMIME")
+    elif (
+        size_limit
+        and size_limit[0].isascii()
+        and size_limit[0].isdigit()
+        and 0 < int(size_limit[0]) < len(message)
+    ):
+        refusal = _local_failure("5.3.4", f"{hop.host} takes at most {size_limit[0]} octets (SIZE)")
+    if refusal is not None:
+        await _quit(conn, timeouts)
+        return _all(recipients, refusal)
 
     params = ""
     if "SIZE" in ext:

@@ -26,9 +26,10 @@ from .settings import (
 
 __all__ = ["parse_queue", "parse_relay"]
 
-_ROUTE_DOMAIN: Final = re.compile(
-    r"^\*$|^\.?[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?$"
-)
+_LABEL: Final = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_NAME: Final = rf"{_LABEL}(?:\.{_LABEL})*\.?"
+_HOST: Final = re.compile(rf"^{_NAME}$")  # a host name
+_ROUTE_DOMAIN: Final = re.compile(rf"^(?:\*|\.?{_NAME})$")  # b.test, .b.test (subdomains), *
 _POLICIES: Final = tuple(p.value for p in TlsPolicy)
 
 
@@ -37,7 +38,7 @@ def _policy(r: Reader, value: object, key: str) -> TlsPolicy:
 
 
 def _host(r: Reader, value: object, key: str) -> str:
-    if isinstance(value, str) and (is_ip(value) or _ROUTE_DOMAIN.match(value)) and value != "*":
+    if isinstance(value, str) and (is_ip(value) or _HOST.match(value)):
         return value.rstrip(".")
     r.fail(key, f"expected an IP address or a host name, got {show(value)}")
 
@@ -61,7 +62,7 @@ def _route(r: Reader, domain: object, value: object) -> Route:
         host, sep, port = value.rpartition(":") if value.count(":") == 1 else (value, "", "")
         spec: dict[str, object] = {"host": host if sep else value}
         if sep:
-            spec["port"] = int(port) if port.isdigit() else port
+            spec["port"] = int(port) if port.isascii() and port.isdigit() else port
     else:
         spec = r.section(value, key, ("host", "port", "tls", "ca_file", "tls_name"))
     if "host" not in spec:
