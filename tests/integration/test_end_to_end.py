@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shutil
 import socket
 import subprocess
 import sys
@@ -30,6 +31,18 @@ def write(path: Path, text: str) -> Path:
     return path
 
 
+def toy_suite(tmp_path: Path) -> Path:
+    """The shipped scenarios the toy servers implement (tests/integration/toy_suite.txt),
+    copied into ``tmp_path``: the toys are test doubles, not conformant servers, so the
+    suites grow without them."""
+    suite = tmp_path / "toy-suite"
+    listing = Path(__file__).with_name("toy_suite.txt").read_text().split()
+    for name in listing:
+        (suite / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(ROOT / "scenarios" / name, suite / name)
+    return suite
+
+
 def run_cli(*args: str) -> tuple[int, str]:
     result = CliRunner().invoke(main, list(args), catch_exceptions=False)
     return result.exit_code, result.output
@@ -40,7 +53,7 @@ def test_shipped_scenarios_pass_against_the_toy_servers(toy_servers, tmp_path):
     junit, out_json = tmp_path / "out.xml", tmp_path / "out.json"
     code, output = run_cli(
         "run",
-        str(ROOT / "scenarios"),
+        str(toy_suite(tmp_path)),
         "--target",
         str(target),
         "--junit",
@@ -264,7 +277,7 @@ def test_ipv6_target(toy_servers_factory, tmp_path):
         pytest.skip("no IPv6 on this machine")
     servers = toy_servers_factory(host="::1")
     target = servers.target_yaml(tmp_path / "target.yaml")
-    code, output = run_cli("run", str(ROOT / "scenarios"), "--target", str(target), "-k", "smtp")
+    code, output = run_cli("run", str(toy_suite(tmp_path)), "--target", str(target), "-k", "smtp")
     assert code == 0, output
     assert "[::1]" not in output  # nothing failed, so no transcript shown
 
@@ -324,7 +337,7 @@ def test_k_filter_and_no_match(toy_servers, tmp_path):
     target = toy_servers.target_yaml(tmp_path / "target.yaml")
     code, output = run_cli(
         "run",
-        str(ROOT / "scenarios"),
+        str(toy_suite(tmp_path)),
         "--target",
         str(target),
         "-k",

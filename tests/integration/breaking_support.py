@@ -1,0 +1,65 @@
+"""Running a shipped scenario against a scripted server that breaks its rule.
+
+Shared by test_shipped_scenarios_fail.py and the ``test_breaking_*.py`` modules:
+each module maps scenario ids to ``(handler, phrase)`` in a ``CASES`` dict, where
+``handler`` is a scripted server (or a dict of them, one per service) and
+``phrase`` must appear in the failure message. test_breaking_guard.py checks that
+every shipped scenario has exactly one case across the modules.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import yaml
+from scripted import ScriptConn, ScriptedServer, TestCerts
+
+from conformance.results import Status
+from conformance.scenario.loader import load_paths
+from conformance.scenario.runner import Runner
+from conformance.targets import load_target
+
+__all__ = ["ROOT", "SHIPPED", "TARGET", "Handler", "run_breaking"]
+
+ROOT = Path(__file__).resolve().parents[2]
+SHIPPED = {sc.id: sc for sc in load_paths([ROOT / "scenarios"])}
+
+Handler = Callable[[ScriptConn], None]
+
+TARGET: dict[str, Any] = {
+    "host": "127.0.0.1",
+    "domain": "example.test",
+    "timeouts": {"read": 1},
+    "accounts": {
+        user: {"address": f"{user}@example.test", "username": user, "password": f"{user}-pw"}
+        for user in ("alice", "bob")
+    },
+}
+
+
+def run_breaking(
+    scenario_id: str,
+    handler: Handler | dict[str, Handler],
+    phrase: str,
+    tmp_path: Path,
+    certs: TestCerts,
+) -> None:
+    """Run the shipped scenario against ``handler``; it must fail, saying ``phrase``."""
+    sc = SHIPPED[scenario_id]
+    handlers = handler if isinstance(handler, dict) else {sc.service: handler}
+    assert sc.services() <= handlers.keys(), f"no scripted server for {sc.services()}"
+    with contextlib.ExitStack() as stack:
+        services: dict[str, dict[str, Any]] = {}
+        for name in sc.services():
+            srv = stack.enter_context(ScriptedServer(handlers[name], certs=certs))
+            services[name] = {"port": srv.port, "tls": "starttls"}
+        target = dict(TARGET, services=services)
+        target["tls"] = {"verify": True, "ca_file": str(certs.ca_file)}
+        (tmp_path / "t.yaml").write_text(yaml.safe_dump(target))
+        result = asyncio.run(Runner(load_target(tmp_path / "t.yaml")).run_one(sc))
+    assert result.status is Status.FAILED, (result.status, result.message)
+    assert phrase in (result.message or ""), result.message
