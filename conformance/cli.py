@@ -22,6 +22,7 @@ from pathlib import Path
 import click
 
 from conformance.cli_queue import queue
+from conformance.cli_report import report, requirements
 from reference_server.app import MailServer, serve_until_signal
 from reference_server.config import ConfigError, load_config
 from reference_server.controller import ServerThread
@@ -31,7 +32,9 @@ from . import __version__
 from ._yaml import LoadError
 from .report.console import print_result, print_summary
 from .report.junit import write_junit
-from .results import RunResult, ScenarioResult
+from .report.render import format_for, write_report
+from .requirements import shipped_catalogue
+from .results import FAIL_ON, RunResult, ScenarioResult
 from .scenario.loader import LoadErrors, load_paths
 from .scenario.model import Scenario
 from .scenario.runner import Runner, TargetUnreachable, check_against_target
@@ -113,6 +116,26 @@ def run_options(func: Callable[..., None]) -> Callable[..., None]:
             help="Write the full results (with transcripts) as JSON here.",
         ),
         click.option(
+            "--report",
+            "reports",
+            multiple=True,
+            type=click.Path(path_type=Path, dir_okay=False),
+            help="Write a report here: .html (one self-contained page), .md or .sarif. Repeatable.",
+        ),
+        click.option(
+            "--sarif",
+            type=click.Path(path_type=Path, dir_okay=False),
+            help="Write SARIF 2.1.0 here (rules are requirement ids).",
+        ),
+        click.option(
+            "--fail-on",
+            type=click.Choice(FAIL_ON),
+            default="should",
+            show_default=True,
+            help="The weakest requirement level whose failure fails the exit code "
+            "(must: only MUST failures; should: MUST and SHOULD; may: all). Errors always do.",
+        ),
+        click.option(
             "-k",
             "patterns",
             multiple=True,
@@ -150,6 +173,20 @@ def run_options(func: Callable[..., None]) -> Callable[..., None]:
     for option in reversed(options):
         func = option(func)
     return func
+
+
+def _report_targets(reports: tuple[Path, ...], sarif: Path | None) -> list[tuple[Path, str]]:
+    """(path, format) for each --report and --sarif; a name without a known format: exit 2."""
+    targets: list[tuple[Path, str]] = []
+    for path in reports:
+        try:
+            targets.append((path, format_for(path)))
+        except ValueError as exc:
+            click.echo(f"--report {exc}", err=True)
+            sys.exit(EXIT_USAGE)
+    if sarif is not None:
+        targets.append((sarif, "sarif"))
+    return targets
 
 
 def _prepare(
@@ -202,6 +239,9 @@ def run(
     target_file: Path,
     junit: Path | None,
     json_file: Path | None,
+    reports: tuple[Path, ...],
+    sarif: Path | None,
+    fail_on: str,
     patterns: tuple[str, ...],
     jobs: int,
     timeout: float | None,
@@ -225,6 +265,8 @@ def run(
             target,
             junit=junit,
             json_file=json_file,
+            reports=_report_targets(reports, sarif),
+            fail_on=fail_on,
             jobs=jobs,
             timeout=timeout,
             verbose=verbose,
@@ -239,6 +281,8 @@ def execute(
     *,
     junit: Path | None = None,
     json_file: Path | None = None,
+    reports: list[tuple[Path, str]] | None = None,
+    fail_on: str = "should",
     jobs: int = 8,
     timeout: float | None = None,
     verbose: bool = False,
@@ -249,7 +293,10 @@ def execute(
     out = sys.stdout
     done = [0]
 
+    catalogue = shipped_catalogue()
+
     def on_result(r: ScenarioResult) -> None:
+        r.severity = catalogue.severity_of(r.covers).value
         done[0] += 1
         if show_progress:
             click.echo(f"\r[{done[0]}/{len(scenarios)}] {r.id[:60]:<60}", err=True, nl=False)
@@ -268,18 +315,37 @@ def execute(
         return EXIT_UNREACHABLE
     if show_progress:
         click.echo("\r" + " " * 80 + "\r", err=True, nl=False)
+    covered: dict[str, dict[str, str]] = {}
+    for r in results:
+        r.severity = catalogue.severity_of(r.covers).value
+        for rid in r.covers:
+            if rid in catalogue and rid not in covered:
+                q = catalogue[rid]
+                covered[rid] = {
+                    "rfc": q.rfc,
+                    "section": q.section,
+                    "cite": q.cite,
+                    "level": q.level.value,
+                    "summary": q.summary,
+                    "check": q.check,
+                }
     run_result = RunResult(
         results=results,
         target=_describe_target(target),
         started_at=started_at,
         duration=time.monotonic() - t0,
         argv=sys.argv[1:],
+        fail_on=fail_on,
+        requirements=covered,
     )
+    data = run_result.to_json()
     if json_file is not None:
         json_file.parent.mkdir(parents=True, exist_ok=True)
-        json_file.write_text(json.dumps(run_result.to_json(), indent=2, ensure_ascii=False) + "\n")
+        json_file.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
     if junit is not None:
         write_junit(run_result, junit)
+    for path, fmt in reports or []:
+        write_report(data, path, fmt)
     print_summary(run_result, out)
     return EXIT_OK if run_result.ok else EXIT_FAILED
 
@@ -301,6 +367,9 @@ def check(
     target_file: Path | None,
     junit: Path | None,
     json_file: Path | None,
+    reports: tuple[Path, ...],
+    sarif: Path | None,
+    fail_on: str,
     patterns: tuple[str, ...],
     jobs: int,
     timeout: float | None,
@@ -336,6 +405,8 @@ def check(
                 target,
                 junit=junit,
                 json_file=json_file,
+                reports=_report_targets(reports, sarif),
+                fail_on=fail_on,
                 jobs=jobs,
                 timeout=timeout,
                 verbose=verbose,
@@ -434,6 +505,8 @@ def _describe_target(target: Target) -> dict[str, object]:
 
 
 main.add_command(queue)
+main.add_command(report)
+main.add_command(requirements)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -16,7 +16,9 @@ from typing import Any
 from . import __version__
 from .transport import TranscriptEntry
 
-__all__ = ["RunResult", "ScenarioResult", "Status"]
+__all__ = ["FAIL_ON", "RunResult", "ScenarioResult", "Status"]
+
+FAIL_ON = ("must", "should", "may")  # --fail-on: the weakest severity whose failure fails a run
 
 
 class Status(StrEnum):
@@ -40,6 +42,8 @@ class ScenarioResult:
     covers: tuple[str, ...] = ()
     tags: tuple[str, ...] = ()
     rfc: tuple[str, ...] = ()
+    # the strongest level among the covered requirements: "must", "should" or "may"
+    severity: str = "must"
 
     @property
     def location(self) -> str:
@@ -58,6 +62,7 @@ class ScenarioResult:
             "covers": list(self.covers),
             "tags": list(self.tags),
             "rfc": list(self.rfc),
+            "severity": self.severity,
             "transcript": [
                 {"t": round(e.t, 6), "conn": e.conn, "dir": e.direction, "text": e.text}
                 for e in self.transcript
@@ -72,13 +77,24 @@ class RunResult:
     started_at: str
     duration: float
     argv: list[str] = field(default_factory=list)
+    fail_on: str = "should"
+    requirements: dict[str, dict[str, str]] = field(default_factory=dict)  # covered ids
 
     def count(self, status: Status) -> int:
         return sum(1 for r in self.results if r.status is status)
 
+    def failed(self, severity: str) -> int:
+        """Failed scenarios of exactly this severity."""
+        return sum(1 for r in self.results if r.status is Status.FAILED and r.severity == severity)
+
     @property
     def ok(self) -> bool:
-        return all(r.status in (Status.PASSED, Status.NOT_APPLICABLE) for r in self.results)
+        """No error, and no failure at or above the ``fail_on`` severity."""
+        counted = FAIL_ON[: FAIL_ON.index(self.fail_on) + 1]
+        return not any(
+            r.status is Status.ERROR or (r.status is Status.FAILED and r.severity in counted)
+            for r in self.results
+        )
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -90,5 +106,9 @@ class RunResult:
             "started_at": self.started_at,
             "duration": round(self.duration, 6),
             "summary": {s.value: self.count(s) for s in Status},
+            "failed_by_severity": {sev: self.failed(sev) for sev in FAIL_ON},
+            "fail_on": self.fail_on,
+            "ok": self.ok,
+            "requirements": self.requirements,
             "results": [r.to_json() for r in self.results],
         }

@@ -19,6 +19,8 @@ def print_result(r: ScenarioResult, out: TextIO, *, verbose: bool = False) -> No
             print(f"{r.status.value.upper().replace('_', ' ')} {r.id}{extra}", file=out)
         return
     step = f" step {r.step + 1}" if r.step is not None else ""
+    if label == "FAILED":
+        label = f"FAILED [{r.severity.upper()}]"
     print(f"{label} {r.id} ({r.location}){step}: {r.message}", file=out)
     entries = r.transcript if verbose else r.transcript[-_TAIL:]
     if len(entries) < len(r.transcript):
@@ -32,9 +34,17 @@ def print_result(r: ScenarioResult, out: TextIO, *, verbose: bool = False) -> No
 
 
 def print_summary(run: RunResult, out: TextIO) -> None:
-    parts = [f"{run.count(Status.PASSED)} passed", f"{run.count(Status.FAILED)} failed"]
+    failed = f"{run.count(Status.FAILED)} failed"
+    if run.count(Status.FAILED):
+        split = [f"{run.failed(sev)} {sev.upper()}" for sev in ("must", "should", "may")]
+        failed += f" ({', '.join(n for n in split if not n.startswith('0 '))})"
+    parts = [f"{run.count(Status.PASSED)} passed", failed]
     if run.count(Status.NOT_APPLICABLE):
         parts.append(f"{run.count(Status.NOT_APPLICABLE)} not applicable")
     if run.count(Status.ERROR):
         parts.append(f"{run.count(Status.ERROR)} errors")
     print(f"{', '.join(parts)} in {run.duration:.2f}s", file=out)
+    if run.count(Status.FAILED) and run.ok:
+        print(
+            f"(failures below {run.fail_on.upper()} level do not fail the run: --fail-on)", file=out
+        )

@@ -12,6 +12,7 @@ started from the project's research notes (../shared/rfc-requirements.md).
 from __future__ import annotations
 
 import functools
+import re
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
@@ -83,7 +84,10 @@ class RfcRequirement:
     def cite(self) -> str:
         """``RFC 5321 §4.1.1.1`` style."""
         first = self.section.split(";")[0].strip()
-        return f"{self.rfc} §{first}" if self.rfc.startswith("RFC") else self.rfc
+        named = re.match(r"^(\d{4}) §\s*(.+)$", first)  # "4315 §2.1": another RFC's number
+        if named:
+            return f"RFC {named[1]} §{named[2]}"
+        return f"{self.rfc} §{first}" if self.rfc.startswith("RFC") else f"{self.rfc}: {first}"
 
 
 class CatalogueError(ValueError):

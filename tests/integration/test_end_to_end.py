@@ -373,7 +373,10 @@ def test_failure_output_shows_reason_and_transcript(toy_servers, tmp_path):
     junit = tmp_path / "j.xml"
     code, output = run_cli("run", str(scenario), "--target", str(target), "--junit", str(junit))
     assert code == 1
-    assert f"FAILED show.failure ({scenario}:7) step 2: expected reply code 554, got '250" in output
+    assert (
+        f"FAILED [MUST] show.failure ({scenario}:7) step 2: expected reply code 554, got '250"
+        in output
+    )
     assert "C: NOOP" in output and "S: 250" in output
     assert "0 passed, 1 failed" in output
     failure = ET.parse(junit).getroot().find("testsuite/testcase/failure")
