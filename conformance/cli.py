@@ -30,6 +30,7 @@ from reference_server.devsetup import dev_config, write_target
 
 from . import __version__
 from ._yaml import LoadError
+from .redact import Redactor
 from .report.console import print_result, print_summary
 from .report.junit import write_junit
 from .report.render import format_for, write_report
@@ -294,9 +295,11 @@ def execute(
     done = [0]
 
     catalogue = shipped_catalogue()
+    redactor = Redactor(a.password for a in target.accounts.values())
 
     def on_result(r: ScenarioResult) -> None:
         r.severity = catalogue.severity_of(r.covers).value
+        redactor.result(r)
         done[0] += 1
         if show_progress:
             click.echo(f"\r[{done[0]}/{len(scenarios)}] {r.id[:60]:<60}", err=True, nl=False)
