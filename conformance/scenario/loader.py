@@ -61,6 +61,7 @@ _ANYOF_HINTS = {
     "IN-USE or TRYCREATE (POP3, IMAP)",
     "class": "a reply class: 2, 3, 4, 5 or '2xx'..'5xx'",
     "data": "a message as a string, or {file: PATH}",
+    "message": "a message as a string, or {file: PATH}",
     "to": "an address or a list of addresses",
     "rfc": "a reference such as 'RFC 5321 §4.1.4' or a list of them",
 }
@@ -255,6 +256,14 @@ class _Builder:
             fields["untagged_absent"] = self.regexes(
                 (*key, "untagged_absent"), raw["untagged_absent"]
             )
+        if "message" in raw:
+            value = raw["message"]
+            text = (
+                value
+                if isinstance(value, str)
+                else self.read_file((*key, "message", "file"), value["file"])
+            )
+            fields["message"] = self.template((*key, "message"), text)
         fields["continuation"] = bool(raw.get("continuation", False))
         if fields["continuation"] and "tagged" in raw:
             self.fail(

@@ -7,6 +7,7 @@ checks run, so one failure message lists every mismatch of the step.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 
 from ..wire.imap import UntaggedResponse
@@ -15,7 +16,7 @@ from ..wire.smtp import Reply
 from .model import Expectation
 from .sessions import Closed, ImapExchange, capability_set_smtp, response_text
 
-__all__ = ["check"]
+__all__ = ["check", "message_octets", "same_message"]
 
 
 def _enhanced_matches(pattern: str, actual: str | None) -> bool:
@@ -92,6 +93,14 @@ def _pop3(
                     )
     if exp.body_text is not None and not exp.body_text.render_regex(values).search("\n".join(body)):
         problems.append(f"expected the body to match /{exp.body_text.render(values)}/")
+    if exp.message is not None:
+        if resp.lines is None:
+            problems.append(f"expected a multiline response carrying the message, got {head!r}")
+        else:
+            got = b"".join(line + b"\r\n" for line in resp.lines)
+            why = same_message(got, message_octets(exp.message.render(values)))
+            if why:
+                problems.append(why)
     return problems
 
 
@@ -130,7 +139,93 @@ def _imap(exp: Expectation, ex: ImapExchange, values: Mapping[str, str]) -> list
             problems.append(
                 f"expected no untagged response matching /{tpl.render(values)}/, got {bad[0]!r}"
             )
+    if exp.message is not None:
+        problems += _fetched_message(ex, message_octets(exp.message.render(values)))
     return problems
+
+
+_WHOLE_MESSAGE = {"BODY[]", "RFC822"}
+
+
+def _fetched_message(ex: ImapExchange, want: bytes) -> list[str]:
+    """The FETCH responses' ``BODY[]`` (or ``RFC822``) must be ``want`` below added fields."""
+    found: list[bytes] = []
+    for u in ex.untagged:
+        if u.keyword != "FETCH" or not u.data or not isinstance(u.data[0], tuple):
+            continue
+        items = u.data[0]
+        for name, value in zip(items[::2], items[1::2], strict=False):
+            if str(name).upper() in _WHOLE_MESSAGE and isinstance(value, bytes):
+                found.append(value)
+    if not found:
+        shown = "; ".join(u.line[:80] for u in ex.untagged[:8]) or "none"
+        return [f"expected a FETCH response carrying BODY[] (the whole message), got: {shown}"]
+    reasons = [same_message(got, want) for got in found]
+    return [] if any(r is None for r in reasons) else [next(r for r in reasons if r)]
+
+
+# A header field (RFC 5322 §2.2, §3.6): a name of printable ASCII but ":", the colon
+# (obs-syntax allows white space before it), the value, and folded continuation lines.
+_FIELD = re.compile(rb"[!-9;-~]+[ \t]*:[^\r\n]*\r\n(?:[ \t][^\r\n]*\r\n)*")
+
+
+def message_octets(text: str) -> bytes:
+    """A message as it goes on the wire: UTF-8, every line ended by CRLF (RFC 5322 §2.1).
+
+    Line ends in ``text`` (CRLF, LF or CR) become CRLF and a last line gets one; this is
+    what ``data:`` sends before dot-stuffing, so ``expect.message`` compares like with like.
+    """
+    body = text.encode("utf-8", errors="surrogateescape")
+    lines = re.split(rb"\r\n|\n|\r", body)
+    if lines and lines[-1] == b"":
+        lines.pop()
+    return b"".join(line + b"\r\n" for line in lines)
+
+
+def same_message(got: bytes, want: bytes) -> str | None:
+    """None if ``got`` is ``want`` with zero or more whole header fields put before it.
+
+    Servers add trace fields at the top (RFC 5321 §4.4: Received, Return-Path) and some
+    add others there (Delivered-To, a DKIM signature, RFC 6409 §8.5); everything below
+    must be the octets sent. Otherwise a one-line reason naming the first difference,
+    measured from the start of the message sent.
+    """
+    starts = [0]  # where the message would begin after 0, 1, 2... leading header fields
+    while (m := _FIELD.match(got, starts[-1])) is not None:
+        starts.append(m.end())
+    best_start, best_common = 0, -1
+    for start in starts:
+        if got[start:] == want:
+            return None
+        common = _common_prefix(got[start:], want)
+        if common > best_common:
+            best_start, best_common = start, common
+    rest = got[best_start:]
+    added = starts.index(best_start)
+    below = f" below {added} added header field(s)" if added else ""
+    line = want.count(b"\n", 0, best_common) + 1
+    if best_common == len(want):
+        return (
+            f"the message differs from the message sent{below}: it goes on after the "
+            f"{len(want)} octets sent with {rest[best_common : best_common + 40]!r}"
+        )
+    if best_common == len(rest):
+        return (
+            f"the message differs from the message sent{below}: it ends at octet "
+            f"{best_common} (line {line}), before {want[best_common : best_common + 40]!r}"
+        )
+    return (
+        f"the message differs from the message sent{below} at octet {best_common} (line "
+        f"{line}): expected {want[best_common : best_common + 40]!r}, got "
+        f"{rest[best_common : best_common + 40]!r}"
+    )
+
+
+def _common_prefix(a: bytes, b: bytes) -> int:
+    """How many leading octets ``a`` and ``b`` share."""
+    return next(
+        (i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b))
+    )
 
 
 def _describe_tagged(ex: ImapExchange) -> str:

@@ -131,6 +131,8 @@ class Expectation:
     untagged_absent: tuple[Template, ...] = ()
     untagged_only: bool = False
     continuation: bool = False
+    # POP3 and IMAP: the message retrieved equals this one, below header fields added on top
+    message: Template | None = None
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import re
 import time
 import traceback
 from collections.abc import Callable, Iterable
@@ -35,7 +34,7 @@ from ..transport import Channel, ConnectFailed, Transcript
 from ..wire.pop3 import Pop3Response
 from ..wire.smtp import Reply
 from .loader import decode_raw
-from .match import check
+from .match import check, message_octets
 from .model import (
     Auth,
     Close,
@@ -115,10 +114,7 @@ def check_against_target(scenarios: Iterable[Scenario], target: Target) -> list[
 
 def dot_stuff(text: str) -> bytes:
     """An SMTP DATA body: CRLF line ends, dots doubled, CRLF.CRLF added (RFC 5321 §4.5.2)."""
-    body = text.encode("utf-8", errors="surrogateescape")
-    lines = re.split(rb"\r\n|\n|\r", body)
-    if lines and lines[-1] == b"":
-        lines.pop()
+    lines = message_octets(text).split(b"\r\n")[:-1]
     out = b"".join((b"." + line if line.startswith(b".") else line) + b"\r\n" for line in lines)
     return out + b".\r\n"
 

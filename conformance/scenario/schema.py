@@ -24,11 +24,33 @@ SMTP_EXPECT: Final = frozenset(
     {"code", "class", "enhanced", "lines", "multiline", "ehlo_has", "ehlo_lacks"}
 )
 #: POP3 expectations (RFC 1939 §3 status and multiline, RFC 2449 §8 response codes).
-POP3_EXPECT: Final = frozenset({"status", "code", "multiline", "body", "body_text"})
+POP3_EXPECT: Final = frozenset({"status", "code", "multiline", "body", "body_text", "message"})
 #: IMAP expectations (RFC 9051 §2.2.2 tagged status, §7 untagged data, continuation).
 IMAP_EXPECT: Final = frozenset(
-    {"tagged", "tag", "code", "untagged", "untagged_absent", "untagged_only", "continuation"}
+    {
+        "tagged",
+        "tag",
+        "code",
+        "untagged",
+        "untagged_absent",
+        "untagged_only",
+        "continuation",
+        "message",
+    }
 )
+
+#: A message given inline or as a file beside the scenario (``data:``, ``expect.message``).
+_message: dict[str, Any] = {
+    "anyOf": [
+        {"type": "string"},
+        {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["file"],
+            "properties": {"file": {"type": "string"}},
+        },
+    ]
+}
 
 _expect: dict[str, Any] = {
     "type": "object",
@@ -72,6 +94,8 @@ _expect: dict[str, Any] = {
         "untagged_absent": _regex_list,
         "untagged_only": {"type": "boolean"},
         "continuation": {"const": True},
+        # pop3 and imap: the message retrieved (RETR, FETCH BODY[]) is the one given
+        "message": _message,
     },
 }
 
@@ -109,17 +133,7 @@ _step: dict[str, Any] = {
         "send": {"type": "string"},
         "send_raw": {"type": "string"},
         "repeat": {"type": "integer", "minimum": 1, "maximum": 64 * 1024 * 1024},
-        "data": {
-            "anyOf": [
-                {"type": "string"},
-                {
-                    "type": "object",
-                    "additionalProperties": False,
-                    "required": ["file"],
-                    "properties": {"file": {"type": "string"}},
-                },
-            ]
-        },
+        "data": _message,
         "starttls": {"const": True},
         "tls_handshake": {"const": True},
         "auth": _auth,

@@ -1006,6 +1006,7 @@ _STATUS_ATTS = frozenset(
         "SIZE",
         "RECENT",  # RFC 3501
         "HIGHESTMODSEQ",  # RFC 7162
+        "APPENDLIMIT",  # RFC 7889 §5
     }
 )
 
