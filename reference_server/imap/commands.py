@@ -58,10 +58,31 @@ SYSTEM_FLAGS = ("\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft")
 # -- helpers ----------------------------------------------------------------------------------
 
 
+def _decode_name(raw: str) -> str:
+    """The Unicode name that ``raw`` spells in modified UTF-7 (RFC 3501 §5.1.3).
+
+    Only the one spelling the encoder gives is accepted: RFC 3501 §5.1.3 does not permit
+    superfluous shifts ("&AOQ-&AOQ-" for "&AOQA5A-"), and a server "MUST preserve the
+    exact form of the modified BASE64 portion", which a name stored as Unicode and listed
+    in its canonical spelling could not do for a second spelling.
+
+    Raises:
+        ValueError: not valid modified UTF-7, or not in its canonical form.
+    """
+    name = decode_mutf7(raw)
+    canonical = encode_mutf7(name)
+    if canonical != raw:
+        raise ValueError(
+            f"{raw!r} has a superfluous shift; the permitted spelling is {canonical!r} "
+            "(RFC 3501 section 5.1.3)"
+        )
+    return name
+
+
 def _name(session: ImapSession, tag: str, raw: str) -> str | None:
     """The mailbox name from the wire (modified UTF-7, RFC 3501 §5.1.3); BAD if invalid."""
     try:
-        return decode_mutf7(raw)
+        return _decode_name(raw)
     except ValueError as exc:
         session.bad(tag, f"mailbox name: {exc}")
         return None
@@ -103,6 +124,19 @@ def _selected(session: ImapSession) -> SelectedMailbox:
 
 def _flag_list(flags: Iterable[str]) -> bytes:
     return b"(" + " ".join(flags).encode() + b")"
+
+
+async def _enable_condstore(session: ImapSession) -> None:
+    """A CONDSTORE enabling command runs (RFC 7162 §3.1): MODSEQ goes into every FETCH
+    response from now on, later SELECTs report HIGHESTMODSEQ, and the first such command
+    with a mailbox selected reports that mailbox's HIGHESTMODSEQ."""
+    session.enabled.add("CONDSTORE")
+    view = session.selected
+    if view is not None and not view.condstore:
+        view.condstore = True
+        mailbox = view.mailbox
+        highest = await asyncio.to_thread(lambda: mailbox.highest_modseq)
+        session.untagged(f"OK [HIGHESTMODSEQ {highest}] CONDSTORE enabled")
 
 
 # -- SELECT, EXAMINE, CLOSE, UNSELECT -----------------------------------------------------------
@@ -253,16 +287,21 @@ def _pattern(text: str) -> re.Pattern[str]:
 
 
 async def _list(session: ImapSession, cmd: ListCommand) -> None:
-    reference = _name(session, cmd.tag, cmd.reference)
-    if reference is None:
-        return
-    patterns: list[str] = []
-    for raw in cmd.patterns:
-        decoded = _name(session, cmd.tag, raw)
-        if decoded is None:
-            return
-        patterns.append(decoded)
     lsub = cmd.name == "LSUB"
+    # RFC 9051 §6.3.9: "Any syntactically valid pattern that is not accepted by a server
+    # for any reason MUST be silently ignored", so a reference or pattern that is not
+    # modified UTF-7 gets no LIST responses and a tagged OK, not BAD
+    patterns: list[str] = []
+    try:
+        reference = _decode_name(cmd.reference)
+    except ValueError:
+        reference = None
+    for raw in cmd.patterns if reference is not None else ():
+        with contextlib.suppress(ValueError):
+            patterns.append(_decode_name(raw))
+    if reference is None or not patterns:
+        session.ok(cmd.tag, f"{'LSUB' if lsub else 'LIST'} completed (nothing matches)")
+        return
     if not lsub and patterns == [""]:
         # RFC 9051 §6.3.9: the hierarchy delimiter and the root of the reference
         root = reference.split("/", 1)[0] + "/" if "/" in reference else ""
@@ -331,6 +370,7 @@ _STATUS_ITEMS = {
     "SIZE": "size",
     "RECENT": "recent",
     "HIGHESTMODSEQ": "highestmodseq",
+    "APPENDLIMIT": "",  # RFC 7889 §3.1: the APPEND size limit, the same for every mailbox
 }
 
 
@@ -348,7 +388,13 @@ async def _status(session: ImapSession, cmd: Status) -> None:
     except ImapStoreError as exc:
         _refused(session, cmd.tag, exc)
         return
-    values = " ".join(f"{item} {getattr(status, _STATUS_ITEMS[item])}" for item in cmd.items)
+    if "HIGHESTMODSEQ" in cmd.items:
+        await _enable_condstore(session)  # RFC 7162 §3.1: STATUS (HIGHESTMODSEQ) enables it
+    limit = session.settings.max_literal  # what CAPABILITY advertises as APPENDLIMIT=
+    values = " ".join(
+        f"{item} {limit if item == 'APPENDLIMIT' else getattr(status, _STATUS_ITEMS[item])}"
+        for item in cmd.items
+    )
     session.untagged(b"STATUS " + _wire_name(mailbox.name) + f" ({values})".encode())
     session.ok(cmd.tag, "STATUS completed")
 
@@ -424,6 +470,8 @@ async def _search(session: ImapSession, cmd: Search) -> None:
     if problem is not None:
         session.no(cmd.tag, problem, "BADCHARSET (UTF-8 US-ASCII)")
         return
+    if searching.uses_modseq(cmd.criteria):
+        await _enable_condstore(session)  # RFC 7162 §3.1: SEARCH MODSEQ enables CONDSTORE
     mailbox = view.mailbox
     recent = view.watch.recent
     uids = list(view.uids)
@@ -496,9 +544,8 @@ async def _fetch(session: ImapSession, cmd: Fetch) -> None:
     if problem is not None:
         session.bad(cmd.tag, problem)
         return
-    if cmd.changedsince is not None and not view.condstore:
-        view.condstore = True  # RFC 7162 §3.1: CHANGEDSINCE enables CONDSTORE
-        session.enabled.add("CONDSTORE")
+    if cmd.changedsince is not None or any(att.name == "MODSEQ" for att in cmd.items):
+        await _enable_condstore(session)  # RFC 7162 §3.1: both are enabling commands
     targets = list(view.resolve(cmd.sequence, uid=cmd.uid))
     mailbox = view.mailbox
     seen = fetching.sets_seen(cmd.items) and not view.readonly
@@ -614,6 +661,8 @@ async def _store_flags(session: ImapSession, cmd: Store) -> None:
     if view.readonly:
         session.no(cmd.tag, "the mailbox is read-only (EXAMINE)", "READ-ONLY")
         return
+    if cmd.unchangedsince is not None:
+        await _enable_condstore(session)  # RFC 7162 §3.1: an enabling command
     targets = list(view.resolve(cmd.sequence, uid=cmd.uid))
     mode = {"add": "add", "remove": "remove", "set": "replace"}[cmd.action]
     mailbox = view.mailbox
@@ -629,8 +678,6 @@ async def _store_flags(session: ImapSession, cmd: Store) -> None:
     except ImapStoreError as exc:
         _refused(session, cmd.tag, exc)
         return
-    if cmd.unchangedsince is not None:
-        view.condstore = True
     modified = set(result.modified)
     if not cmd.silent or view.condstore:
         infos = {m.uid: m for m in await asyncio.to_thread(mailbox.snapshot)}

@@ -140,8 +140,11 @@ class SelectedMailbox:
     def valid_numbers(self, sequence: SequenceSet) -> bool:
         """Whether every message number in a (non-UID) set exists (RFC 9051 §6.4: else BAD)."""
         top = len(self.uids)
-        if top == 0:  # "1:*" on an empty mailbox names nothing, and is not an error
-            return all(lo in (None, 1) and hi is None for lo, hi in sequence.ranges)
+        if top == 0:
+            # RFC 3501 §9 seq-number: BAD for a number above the message count, and "This
+            # includes "*" if the selected mailbox is empty". "1:*" stays allowed on an
+            # empty mailbox (it names nothing), which clients use to list whatever is there
+            return all(lo == 1 and hi is None for lo, hi in sequence.ranges)
         return all(
             (lo is None or lo <= top) and (hi is None or hi <= top) for lo, hi in sequence.ranges
         )
