@@ -450,10 +450,15 @@ class RunningServer:
 
     @staticmethod
     def split_trace(message: bytes) -> tuple[bytes, bytes]:
-        """(the leading Received: field with its folded lines, the rest)."""
-        m = re.match(rb"Received: [^\r\n]*\r\n(?:[ \t][^\r\n]*\r\n)*", message)
+        """(the leading Received: field with its folded lines, the rest), past the
+        Return-Path: line that final delivery puts first (RFC 5321 §4.4)."""
+        m = re.match(
+            rb"(?:Return-Path: <[^>\r\n]*>\r\n)?"
+            rb"(Received: [^\r\n]*\r\n(?:[ \t][^\r\n]*\r\n)*)",
+            message,
+        )
         assert m is not None, f"no leading Received: field in {message[:200]!r}"
-        return m.group(0), message[m.end() :]
+        return m.group(1), message[m.end() :]
 
     def mailbox_new(self, user: str) -> Path:
         return self.config.mail_dir / user / "new"

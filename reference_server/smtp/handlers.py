@@ -167,20 +167,26 @@ async def mail(session: SmtpSession, cmd: Command) -> Reply:
         return bad
     limits = session.server.config.limits
     size = args.params.get("SIZE")
-    if size is not None:
-        if not size.isdigit():
-            return _reply(501, "5.5.4", "SIZE needs a number (RFC 1870 §3)")
+    if "SIZE" in args.params:
+        # size-value ::= 1*20DIGIT (RFC 1870 §3): ASCII digits, at most 20, and present
+        if size is None or not (size.isascii() and size.isdigit()) or len(size) > 20:
+            return _reply(501, "5.5.4", "SIZE needs a number of 1 to 20 digits (RFC 1870 §3)")
         if int(size) > limits.max_message_size:
             return _reply(
                 552, "5.3.4", f"message size exceeds fixed limit of {limits.max_message_size}"
             )
     body = args.params.get("BODY")
-    if body is not None and body.upper() not in ("7BIT", "8BITMIME"):
+    if "BODY" in args.params and (body is None or body.upper() not in ("7BIT", "8BITMIME")):
         return _reply(501, "5.5.4", "BODY must be 7BIT or 8BITMIME (RFC 6152 §3)")
     utf8 = "SMTPUTF8" in args.params
+    if args.params.get("SMTPUTF8") is not None:
+        return _reply(501, "5.5.4", "SMTPUTF8 takes no value (RFC 6531 §3.4)")
     if not utf8 and not args.address.isascii():
+        if not session.esmtp:  # no extension can be in effect after HELO
+            return _reply(501, "5.5.2", "non-ASCII characters in the address (RFC 5321 §4.1.2)")
+        # RFC 6531 §3.5: 550 when MAIL needs an ASCII address (553 is for RCPT)
         return _reply(
-            553, "5.6.7", "non-ASCII address needs the SMTPUTF8 parameter (RFC 6531 §3.4)"
+            550, "5.6.7", "non-ASCII address needs the SMTPUTF8 parameter (RFC 6531 §3.4)"
         )
     if session.listener.requires_auth:
         if session.user is None:
@@ -237,6 +243,8 @@ async def data(session: SmtpSession, cmd: Command) -> Reply:
 
 
 async def rset(session: SmtpSession, cmd: Command) -> Reply:
+    if cmd.arg:  # RFC 5321 §4.3.2: RSET takes no arguments
+        return _reply(501, "5.5.4", "RSET takes no parameters (RFC 5321 §4.1.1.5)")
     session.reset_transaction()
     return _ok()
 
@@ -260,6 +268,8 @@ async def help_(session: SmtpSession, cmd: Command) -> Reply:
 
 
 async def quit_(session: SmtpSession, cmd: Command) -> Reply:
+    if cmd.arg:  # RFC 5321 §4.3.2; the connection stays open, as after any error
+        return _reply(501, "5.5.4", "QUIT takes no parameters (RFC 5321 §4.1.1.10)")
     session.after = After.CLOSE
     return _reply(221, "2.0.0", f"{session.server.config.hostname} closing connection")
 
@@ -306,7 +316,9 @@ async def _store(session: SmtpSession, message: bytes) -> None:
     env, server = session.envelope, session.server
     if env.local:
         users = sorted(set(env.local.values()))
-        await server.store.deliver(users, message)
+        # RFC 5321 §4.4: final delivery inserts the reverse-path as Return-Path
+        return_path = f"Return-Path: <{env.sender or ''}>\r\n".encode()
+        await server.store.deliver(users, return_path + message)
         for user in users:  # IMAP sessions on these INBOXes (IDLE) hear of it now
             server.imap_store.notify_delivery(user)
     if env.remote:

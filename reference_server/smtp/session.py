@@ -15,6 +15,7 @@ after :mod:`reference_server.storage` said it is durably stored.
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import functools
 import logging
@@ -190,6 +191,8 @@ class SmtpSession:
             if isinstance(event, BadCommandLine):
                 reply = Reply.build(event.code, event.enhanced, event.text)
             elif isinstance(event, Command):
+                # RFC 5321 §4.1.1: white space before the CRLF is tolerated, not an argument
+                event = dataclasses.replace(event, arg=event.arg.rstrip(" \t"))
                 self.commands_seen += 1
                 verb = event.verb
                 if faults.drop(verb):

@@ -101,6 +101,8 @@ def strip_received(data: bytes) -> bytes | None:
     The header ends at the first line that neither starts with ``Received:`` nor
     is a continuation line (starts with a space or tab).
     """
+    if data.startswith(b"Return-Path: "):  # final delivery puts it first (RFC 5321 §4.4)
+        data = data[data.index(b"\r\n") + 2 :]
     if not data.startswith(b"Received: from client.test "):
         return None
     pos = 0

@@ -70,7 +70,7 @@ def test_size_is_announced_with_the_configured_limit(start_server):
     assert client.ehlo().keywords()["SIZE"] == ("10000",)
 
 
-@pytest.mark.parametrize("size", [10_001, 10**12, 10**40])
+@pytest.mark.parametrize("size", [10_001, 10**12, 10**19])
 def test_mail_size_over_the_limit_is_552(start_server, size):
     srv = start_server(limits={"max_message_size": 10_000})
     client = srv.raw()
@@ -79,6 +79,17 @@ def test_mail_size_over_the_limit_is_552(start_server, size):
     assert reply.code == 552  # RFC 1870 §6.1
     assert reply.enhanced == "5.3.4"
     assert client.cmd("RCPT TO:<alice@example.test>").code == 503
+    assert client.cmd("MAIL FROM:<sender@remote.test> SIZE=10000").code == 250
+
+
+@pytest.mark.parametrize("size", ["", "=", "=10k", "=" + "1" * 21, "=\u00b2"])
+def test_mail_size_that_is_not_a_size_value_is_501(start_server, size):
+    srv = start_server(limits={"max_message_size": 10_000})
+    client = srv.raw()
+    client.ehlo()
+    # RFC 1870 §3: size-value ::= 1*20DIGIT (a missing value or 21 digits are syntax errors)
+    reply = client.cmd(f"MAIL FROM:<sender@remote.test> SIZE{size}")
+    assert reply.code == 501, reply
     assert client.cmd("MAIL FROM:<sender@remote.test> SIZE=10000").code == 250
 
 
@@ -199,13 +210,29 @@ def test_smtputf8_address_with_the_parameter_is_accepted(mail_server):
     assert mail_server.split_trace(stored)[1] == content
 
 
-def test_smtputf8_address_without_the_parameter_is_553(mail_server):
+def test_smtputf8_address_without_the_parameter_is_550(mail_server):
     client = mail_server.raw()
     client.ehlo()
     reply = client.cmd("MAIL FROM:<jörg@bücher.test>")
-    assert reply.code == 553  # RFC 6531 §3.4
+    assert reply.code == 550  # RFC 6531 §3.5: 550 on MAIL, 553 on RCPT
     assert reply.enhanced == "5.6.7"
     assert client.cmd("RCPT TO:<alice@example.test>").code == 503
+
+
+def test_non_ascii_address_after_helo_is_501(mail_server):
+    client = mail_server.raw()
+    assert client.cmd("HELO client.test").code == 250
+    # no extension is in effect after HELO: RFC 5321 §4.1.2 wants 501
+    assert client.cmd("MAIL FROM:<jörg@bücher.test>").code == 501
+
+
+@pytest.mark.parametrize("param", ["SMTPUTF8=YES", "BODY", "BODY=BINARY"])
+def test_mail_parameter_with_a_bad_value_is_501(mail_server, param):
+    client = mail_server.raw()
+    client.ehlo()
+    # RFC 6531 §3.4: SMTPUTF8 takes no value; RFC 6152 §2: body-value = "7BIT" / "8BITMIME"
+    assert client.cmd(f"MAIL FROM:<sender@remote.test> {param}").code == 501
+    assert client.cmd("MAIL FROM:<sender@remote.test> SMTPUTF8 BODY=8BITMIME").code == 250
 
 
 def test_smtputf8_recipient_without_the_mail_parameter_is_553(mail_server):
