@@ -101,10 +101,12 @@ def test_dot_line_variants_inside_the_data_are_text(mail_server):
 
 
 @pytest.mark.parametrize("line", [b"NOOP\n", b"MAIL FROM:<a@remote.test>\n", b"RSET\n", b"QUIT\n"])
-def test_command_ending_in_bare_lf_is_500_and_the_session_continues(mail_server, line):
+def test_a_bare_lf_does_not_end_a_command_line(mail_server, line):
     client = mail_server.raw()
     client.ehlo()
-    client.send(line)
+    # RFC 5321 §2.3.8: only CRLF ends a line, so what follows the bare LF belongs to the
+    # same (bad) line: one 500, and neither part runs
+    client.send(line + b"RCPT TO:<alice@example.test>\r\n")
     reply = client.read_reply()
     assert reply.code == 500
     assert reply.enhanced == "5.5.2"

@@ -99,7 +99,7 @@ class Pop3CommandReader(ClientLineBuffer):
 
 
 def _bad_line(line: bytes) -> Pop3BadLine | None:
-    if not line.endswith(b"\r\n"):
+    if b"\n" in line[:-2] or not line.endswith(b"\r\n"):
         return Pop3BadLine(reason="bare LF; end lines with CRLF (RFC 1939 §3)", raw=line)
     body = line[:-2]
     if b"\r" in body or b"\0" in body:

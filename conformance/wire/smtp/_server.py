@@ -158,7 +158,7 @@ class SmtpServerReader(ClientLineBuffer):
         return self._parse_command(line)
 
     def _parse_command(self, line: bytes) -> Command | BadCommandLine:
-        if not line.endswith(b"\r\n"):
+        if b"\n" in line[:-2] or not line.endswith(b"\r\n"):
             return BadCommandLine(
                 code=500,
                 enhanced="5.5.2",

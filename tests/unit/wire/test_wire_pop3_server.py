@@ -139,8 +139,8 @@ def test_an_unterminated_line_at_eof_is_never_a_command(tail: bytes) -> None:
 # RFC 1939 §3: commands are terminated by CRLF. A bare LF or CR, or a NUL, makes a line bad;
 # so does text that is not UTF-8.
 BAD_LINES = [
-    (b"STAT\n", "lf"),
-    (b"\n", "lf"),
+    (b"STAT\nDELE 1\r\n", "lf"),  # what follows a bare LF is the same line, never a command
+    (b"\n\r\n", "lf"),
     (b"ST\rAT\r\n", "cr"),
     (b"STAT\r\r\n", "cr"),
     (b"\rSTAT\r\n", "cr"),
@@ -180,10 +180,10 @@ def test_a_line_longer_than_max_line_is_read_to_its_end_and_reported_once(
     assert closed == ConnectionClosed()
 
 
-def test_a_long_line_ending_in_a_bare_lf_is_one_bad_line() -> None:
-    bad, good, _ = feed(b"x" * 400 + b"\nSTAT\r\n", max_line=255)
+def test_a_long_line_with_a_bare_lf_is_one_bad_line() -> None:
+    bad, good, _ = feed(b"x" * 400 + b"\nSTAT\r\nNOOP\r\n", max_line=255)
     assert isinstance(bad, Pop3BadLine)
-    assert good == Pop3Command(keyword="STAT", arg="", raw=b"STAT\r\n")
+    assert good == Pop3Command(keyword="NOOP", arg="", raw=b"NOOP\r\n")
 
 
 def test_a_huge_line_without_lf_is_not_buffered_and_yields_no_event_until_its_end() -> None:
@@ -250,7 +250,7 @@ def test_a_sasl_response_is_read_as_a_line_not_a_command(line: bytes, text: byte
 
 
 @pytest.mark.parametrize(
-    "line", [b"AGFs\n", b"AG\rFs\r\n", b"AG\x00Fs\r\n", b"A" * 300 + b"\r\n"], ids=str
+    "line", [b"AGFs\nX\r\n", b"AG\rFs\r\n", b"AG\x00Fs\r\n", b"A" * 300 + b"\r\n"], ids=str
 )
 def test_a_bad_sasl_response_line_is_a_bad_line(line: bytes) -> None:
     reader = Pop3CommandReader(max_line=255)

@@ -145,17 +145,18 @@ def test_command_verb_upper_cased_and_arg_split_at_first_space(
     assert one_event(line) == Command(verb=verb, arg=arg, raw=line)
 
 
-# RFC 5321 §2.3.8: only CRLF ends a line; bare CR / LF and NUL make a line bad.
+# RFC 5321 §2.3.8: only CRLF ends a line; bare CR / LF and NUL make a line bad. What follows
+# a bare LF belongs to the same line, so it never runs as a command of its own.
 BAD_LINES = [
-    (b"NOOP\n", "bare LF"),
+    (b"NOOP\nMAIL FROM:<a@b>\r\n", "bare LF"),
     (b"NO\rOP\r\n", "bare CR"),
     (b"NOOP\r\r\n", "bare CR"),
     (b"\rNOOP\r\n", "bare CR"),
     (b"NO\x00OP\r\n", "NUL"),
     (b"MAIL FROM:<a@b>\x00\r\n", "NUL"),
     (b"MAIL FROM:<a@b>\r\x00\r\n", "NUL"),
-    (b"\n", "bare LF"),
-    (b"QUIT\r\x00\n", "bare LF"),
+    (b"\n\r\n", "bare LF"),
+    (b"QUIT\r\x00\nX\r\n", "bare LF"),
 ]
 
 
