@@ -598,7 +598,8 @@ CASES: dict[str, tuple[Handler | dict[str, Handler], str]] = {
     ),
     "imap.pipelining.in-order": (
         _relay(ReordersPipeline),
-        "expected an untagged response matching /^\\* 1 FETCH \\(.*\\bFLAGS \\([^)]*\\\\Flagged/",
+        "expected an untagged response matching "
+        "/^\\* 1 FETCH \\((?=.*\\bUID \\d)(?=.*\\\\Flagged)(?=.*\\\\Answered)/",
     ),
     "imap.authenticate.plain-empty-challenge": (
         _relay(NoPlainWithoutInitialResponse),
