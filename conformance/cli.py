@@ -27,6 +27,7 @@ from reference_server.app import MailServer, serve_until_signal
 from reference_server.config import ConfigError, load_config
 from reference_server.controller import ServerThread
 from reference_server.devsetup import dev_config, write_target
+from reference_server.outbound.settings import Route, TlsPolicy
 
 from . import __version__
 from ._yaml import LoadError
@@ -39,6 +40,7 @@ from .results import FAIL_ON, RunResult, ScenarioResult
 from .scenario.loader import LoadErrors, load_paths
 from .scenario.model import Scenario
 from .scenario.runner import Runner, TargetUnreachable, check_against_target
+from .sink import Sink
 from .targets import Target, load_target
 
 __all__ = ["main", "select"]
@@ -288,8 +290,13 @@ def execute(
     timeout: float | None = None,
     verbose: bool = False,
     progress: bool | None = None,
+    sink: Sink | None = None,
 ) -> int:
-    """Run, report, and return the exit code (shared by ``run`` and later ``check``)."""
+    """Run, report, and return the exit code (shared by ``run`` and ``check``).
+
+    ``sink``: an outbound sink already bound (the embedded server's route points at
+    it); without it the runner makes one from the target's ``sink`` section, if any.
+    """
     show_progress = sys.stderr.isatty() if progress is None else progress
     out = sys.stdout
     done = [0]
@@ -308,7 +315,7 @@ def execute(
                 click.echo("\r" + " " * 80 + "\r", err=True, nl=False)
             print_result(r, out, verbose=verbose)
 
-    runner = Runner(target, jobs=jobs, scenario_timeout=timeout, on_result=on_result)
+    runner = Runner(target, jobs=jobs, scenario_timeout=timeout, on_result=on_result, sink=sink)
     started_at = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
     t0 = time.monotonic()
     try:
@@ -385,15 +392,20 @@ def check(
 
     Without --target the reference server starts in this process on free
     loopback ports, with a throwaway certificate and accounts, and stops at
-    the end. Scenarios for services the target does not offer are reported
-    as not applicable.
+    the end; it relays sink.test to an outbound sink the harness runs, and
+    retries its queue after a second. Scenarios for services the target does
+    not offer (or that need a sink it lacks) are reported as not applicable.
     """
     roots = list(paths) or [SHIPPED_SCENARIOS]
     with tempfile.TemporaryDirectory(prefix="mailharness-check-") as tmp:
-        embedded = None
+        embedded = sink = None
         if target_file is None:
-            embedded, target_file = _start_embedded(Path(tmp))
-            click.echo(f"embedded reference server: {_listeners(embedded)}", err=True)
+            embedded, target_file, sink = _start_embedded(Path(tmp))
+            click.echo(
+                f"embedded reference server: {_listeners(embedded)}; "
+                f"outbound sink ({sink.domain}) {sink.host}:{sink.port}",
+                err=True,
+            )
         try:
             target, chosen = _prepare(
                 target_file,
@@ -414,29 +426,61 @@ def check(
                 timeout=timeout,
                 verbose=verbose,
                 progress=progress,
+                sink=sink,
             )
         finally:
             if embedded is not None:
                 embedded.stop()
+            if sink is not None:
+                sink.close()  # its listening socket, if no scenario needed it served
     sys.exit(code)
 
 
-def _start_embedded(directory: Path) -> tuple[ServerThread, Path]:
-    """Start the reference server in a thread; write a target file for it."""
+# The embedded server's queue retries quickly, so the outbound suite can watch a retry
+# (RFC 5321 §4.5.4.1 wants 30 minutes; queue.test_timing allows less on a test setup).
+EMBEDDED_RETRY = 1.0  # seconds before the first retry
+EMBEDDED_MAX_RETRY = 2.0  # the backoff stops doubling here
+EMBEDDED_LIFETIME = 30.0  # then the queue gives up and bounces
+
+
+def _start_embedded(directory: Path) -> tuple[ServerThread, Path, Sink]:
+    """Start the reference server in a thread, relaying the sink's domain to a new sink.
+
+    The sink is bound first (a free loopback port) so the server's route can name
+    its port; it is served later by the runner, on the runner's event loop. The
+    target file written for the server carries the sink's address.
+    """
     # the embedded server's own log lines would interleave with the report
     logging.getLogger("reference_server").addHandler(logging.NullHandler())
     logging.getLogger("reference_server").propagate = False
+    sink = Sink("127.0.0.1", 0)
     config, passwords = dev_config(directory / "server")
-    # the suites fail logins on purpose; a throwaway loopback server need not make
-    # each one wait the production delay (which grows with every failure)
+    route = Route(domain=sink.domain, host=sink.host, port=sink.port, tls=TlsPolicy.NONE)
     config = dataclasses.replace(
-        config, limits=dataclasses.replace(config.limits, auth_failure_delay=0.1)
+        config,
+        # the suites fail logins on purpose; a throwaway loopback server need not make
+        # each one wait the production delay (which grows with every failure)
+        limits=dataclasses.replace(config.limits, auth_failure_delay=0.1),
+        relay=dataclasses.replace(config.relay, routes=(route, *config.relay.routes)),
+        queue=dataclasses.replace(
+            config.queue,
+            test_timing=True,
+            retry_interval=EMBEDDED_RETRY,
+            max_retry_interval=EMBEDDED_MAX_RETRY,
+            lifetime=EMBEDDED_LIFETIME,
+        ),
     )
-    thread = ServerThread(config).start()
+    try:
+        thread = ServerThread(config).start()
+    except BaseException:
+        sink.close()
+        raise
     assert thread.server is not None
     target_path = directory / "target.yaml"
     write_target(target_path, config, thread.bound, passwords, thread.server.ca_file)
-    return thread, target_path
+    with target_path.open("a", encoding="utf-8") as out:  # the file is one YAML mapping
+        out.write(f"sink: {{host: '{sink.host}', port: {sink.port}, domain: {sink.domain}}}\n")
+    return thread, target_path, sink
 
 
 def _listeners(thread: ServerThread) -> str:

@@ -17,6 +17,11 @@ running side by side never share state and need no configuration:
   (``defer...`` without a number: N = 1);
 * anything else: accepted.
 
+An *attempt* is recorded for each recipient refused at RCPT (with that reply)
+and for each end of data (accepted or not, with all the recipients RCPT took),
+so a scenario can wait for "the relay tried, and was refused" as well as for
+"the message arrived".
+
 It speaks RFC 5321 through the sans-IO :class:`~conformance.wire.smtp.SmtpServerReader`
 (PIPELINING, 8BITMIME, SMTPUTF8 and SIZE offered; no STARTTLS, so a relay with
 opportunistic TLS sends in cleartext), and only CRLF.CRLF ends data. The
@@ -68,11 +73,13 @@ class SinkMessage:
 
 @dataclass(frozen=True)
 class SinkAttempt:
-    """One end of data, accepted or not: when, and the reply."""
+    """One delivery attempt that ended: a refused RCPT, or an end of data (accepted or not)."""
 
     recipients: tuple[str, ...]
     code: int
-    at: float
+    at: float  # time.time()
+    stage: str = "data"  # "rcpt": refused at RCPT; "data": answered after the data
+    sender: str = ""  # the transaction's reverse-path ("" is the null path)
 
 
 @dataclass
@@ -96,10 +103,14 @@ class Sink:
         self.hostname = hostname
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         self._sock = socket.socket(family, socket.SOCK_STREAM)
-        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self._sock.bind((host, port))
-        self._sock.listen(64)
-        self._sock.setblocking(False)
+        try:
+            self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            self._sock.bind((host, port))
+            self._sock.listen(64)
+            self._sock.setblocking(False)
+        except OSError:
+            self._sock.close()
+            raise
         self.host, self.port = self._sock.getsockname()[:2]
         self.messages: list[SinkMessage] = []
         self.attempts: list[SinkAttempt] = []
@@ -203,7 +214,10 @@ class Sink:
                         else:
                             reply("250 2.1.0 sender ok")
                     elif verb == "RCPT":
-                        reply(self._rcpt(state, event.arg))
+                        answer = self._rcpt(state, event.arg)
+                        reply(answer)
+                        if answer.startswith("550"):
+                            await self._notify()
                     elif verb == "DATA":
                         if state.sender is None or not state.recipients:
                             reply("503 5.5.1 MAIL and RCPT first")
@@ -235,6 +249,9 @@ class Sink:
             return f"501 5.5.4 {exc}"
         local = address.rpartition("@")[0]
         if local.lower().startswith("reject"):
+            self.attempts.append(
+                SinkAttempt((address,), 550, time.time(), stage="rcpt", sender=state.sender)
+            )
             return "550 5.1.1 no such user here (sink: reject)"
         state.recipients.append(address)
         return "250 2.1.5 recipient ok"
@@ -250,7 +267,7 @@ class Sink:
                     code, text = 451, "4.3.0 try again later (sink: defer)"
         now = time.time()
         recipients = tuple(state.recipients)
-        self.attempts.append(SinkAttempt(recipients, code, now))
+        self.attempts.append(SinkAttempt(recipients, code, now, sender=state.sender or ""))
         if code == 250:
             self.messages.append(
                 SinkMessage(

@@ -19,8 +19,9 @@ from typing import Any
 import jsonschema
 
 from ._yaml import LoadError, Located, load_yaml_documents
+from .sink import DEFAULT_SINK_DOMAIN
 
-__all__ = ["Account", "Service", "Target", "TlsMode", "load_target"]
+__all__ = ["Account", "Service", "SinkSpec", "Target", "TlsMode", "load_target"]
 
 
 class TlsMode(StrEnum):
@@ -46,6 +47,19 @@ class Account:
 
 
 @dataclass(frozen=True)
+class SinkSpec:
+    """Where the harness runs its outbound sink, and the domain routed to it.
+
+    The operator routes ``domain`` on the server under test to ``host``:``port``
+    (docs/targets.md); scenarios with ``sink: true`` then address recipients there.
+    """
+
+    host: str
+    port: int
+    domain: str = DEFAULT_SINK_DOMAIN
+
+
+@dataclass(frozen=True)
 class Target:
     host: str
     domain: str
@@ -56,11 +70,14 @@ class Target:
     server_name: str | None = None  # TLS SNI / certificate name; defaults to host
     connect_timeout: float = 5.0
     read_timeout: float = 10.0
+    sink: SinkSpec | None = None  # the outbound sink the server relays to, if any
     source: Path | None = field(default=None, compare=False)
 
     def variables(self) -> dict[str, str]:
         """The ``{variables}`` a scenario may use from this target."""
         values = {"domain": self.domain, "host": self.host}
+        if self.sink is not None:
+            values["sink.domain"] = self.sink.domain
         for acc in self.accounts.values():
             values[f"account.{acc.name}.address"] = acc.address
             values[f"account.{acc.name}.username"] = acc.username
@@ -85,6 +102,7 @@ class Target:
 
 
 _port = {"type": "integer", "minimum": 1, "maximum": 65535}
+_DOMAIN = r"^[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?$"
 TARGET_SCHEMA: dict[str, Any] = {
     "type": "object",
     "additionalProperties": False,
@@ -104,6 +122,16 @@ TARGET_SCHEMA: dict[str, Any] = {
             "properties": {
                 "connect": {"type": "number", "exclusiveMinimum": 0},
                 "read": {"type": "number", "exclusiveMinimum": 0},
+            },
+        },
+        "sink": {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["port"],
+            "properties": {
+                "host": {"type": "string", "minLength": 1},
+                "port": _port,
+                "domain": {"type": "string", "pattern": _DOMAIN},
             },
         },
         "services": {
@@ -202,6 +230,16 @@ def load_target(path: Path) -> Target:
     if ca_path is not None and not ca_path.is_file():
         raise doc.error(("tls", "ca_file"), f"tls.ca_file: no such file {str(ca_path)!r}")
     timeouts = raw.get("timeouts", {})
+    sink_raw = raw.get("sink")
+    sink = (
+        None
+        if sink_raw is None
+        else SinkSpec(
+            host=sink_raw.get("host", "127.0.0.1"),
+            port=sink_raw["port"],
+            domain=sink_raw.get("domain", DEFAULT_SINK_DOMAIN).lower(),
+        )
+    )
     return Target(
         host=host,
         domain=domain,
@@ -212,5 +250,6 @@ def load_target(path: Path) -> Target:
         server_name=raw.get("server_name"),
         connect_timeout=float(timeouts.get("connect", 5.0)),
         read_timeout=float(timeouts.get("read", 10.0)),
+        sink=sink,
         source=path,
     )

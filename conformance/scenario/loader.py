@@ -29,6 +29,7 @@ from .model import (
     Data,
     Delivery,
     Expectation,
+    Outbound,
     Protocol,
     Requirement,
     Scenario,
@@ -37,11 +38,13 @@ from .model import (
     StartTls,
     Step,
     TlsHandshake,
+    Until,
 )
 from .schema import (
     ACTION_KEYS,
     COMMON_EXPECT,
     IMAP_EXPECT,
+    OUTBOUND_EXPECT,
     POP3_EXPECT,
     SCENARIO_SCHEMA,
     SMTP_EXPECT,
@@ -51,6 +54,8 @@ from .variables import Template, is_known, parse_template
 __all__ = ["LoadErrors", "discover", "load_paths", "load_scenario_file"]
 
 _VALIDATOR = jsonschema.Draft202012Validator(SCENARIO_SCHEMA)
+DEFAULT_OUTBOUND_WITHIN = 30.0  # seconds an outbound step waits for mail at the sink
+DEFAULT_UNTIL_EVERY = 0.5  # seconds between the tries of a polling step
 _EXPECT_KEYS = {
     Protocol.SMTP: COMMON_EXPECT | SMTP_EXPECT,
     Protocol.POP3: COMMON_EXPECT | POP3_EXPECT,
@@ -131,6 +136,7 @@ class _Builder:
         self.accounts = accounts
         self.errors: list[LoadError] = []
         self.captured: set[str] = set()
+        self.sink = bool(doc.value.get("sink", False))
 
     def fail(self, key: PathKey, message: str, *, at_key: bool = False) -> None:
         self.errors.append(self.doc.error(key, message, at_key=at_key))
@@ -138,7 +144,7 @@ class _Builder:
     def template(self, key: PathKey, text: str) -> Template:
         tpl = parse_template(text)
         for ref in tpl.variables:
-            why = is_known(ref.name, self.captured, self.accounts)
+            why = is_known(ref.name, self.captured, self.accounts, sink=self.sink)
             if why:
                 self.fail(key, why)
         return tpl
@@ -185,18 +191,44 @@ class _Builder:
             conns[name] = Connection(name, proto, spec.get("service", DEFAULT_SERVICE[proto.value]))
         return conns
 
-    def expectation(self, key: PathKey, raw: dict[str, Any], conn: Connection) -> Expectation:
-        allowed = _EXPECT_KEYS[conn.protocol]
+    def expectation(
+        self, key: PathKey, raw: dict[str, Any], conn: Connection, *, outbound: bool = False
+    ) -> Expectation:
+        allowed = OUTBOUND_EXPECT if outbound else _EXPECT_KEYS[conn.protocol]
         for k in raw:
-            if k not in allowed:
-                fits = [p.value for p, keys in _EXPECT_KEYS.items() if k in keys]
+            if k in allowed:
+                continue
+            if outbound:
                 self.fail(
                     (*key, k),
-                    f"{_dotted((*key, k))}: {k!r} is an expectation for "
-                    f"{'/'.join(fits)}, but connection {conn.name!r} speaks {conn.protocol.value}",
+                    f"{_dotted((*key, k))}: {k!r} does not apply to mail at the sink "
+                    f"(an outbound step expects: {', '.join(sorted(OUTBOUND_EXPECT))})",
                     at_key=True,
                 )
-        if "silence" in raw and len(raw) > 1:
+                continue
+            fits = [p.value for p, keys in _EXPECT_KEYS.items() if k in keys]
+            if not fits:  # only outbound steps know it
+                self.fail(
+                    (*key, k),
+                    f"{_dotted((*key, k))}: {k!r} is an expectation of outbound steps "
+                    "(mail at the sink), not of a connection",
+                    at_key=True,
+                )
+                continue
+            self.fail(
+                (*key, k),
+                f"{_dotted((*key, k))}: {k!r} is an expectation for "
+                f"{'/'.join(fits)}, but connection {conn.name!r} speaks {conn.protocol.value}",
+                at_key=True,
+            )
+        if "or_closed" in raw and "closed" in raw:
+            self.fail(
+                (*key, "or_closed"),
+                f"{_dotted(key)}: 'or_closed' allows a close instead of the response; "
+                "with 'closed: true' a close is expected anyway",
+                at_key=True,
+            )
+        if "silence" in raw and len(set(raw) - {"or_closed"}) > 1:
             self.fail(
                 (*key, "silence"),
                 f"{_dotted(key)}: 'silence' cannot be combined with "
@@ -206,6 +238,11 @@ class _Builder:
         fields: dict[str, Any] = {}
         fields["closed"] = bool(raw.get("closed", False))
         fields["silence"] = raw.get("silence")
+        fields["or_closed"] = bool(raw.get("or_closed", False))
+        if "sender" in raw:
+            fields["sender"] = self.template((*key, "sender"), raw["sender"])
+        if "text_absent" in raw:
+            fields["text_absent"] = self.regexes((*key, "text_absent"), raw["text_absent"])
         if "text" in raw:
             fields["text"] = self.regex((*key, "text"), raw["text"])
         code = raw.get("code")
@@ -328,7 +365,30 @@ class _Builder:
             return self.auth((*key, "auth"), value, conn)
         if kind == "sleep":
             return Sleep(float(value))
+        if kind == "outbound":
+            return self.outbound((*key, "outbound"), value, raw)
         return Close()
+
+    def outbound(self, key: PathKey, value: dict[str, Any], step: dict[str, Any]) -> Outbound:
+        if not self.sink:
+            self.fail(
+                key,
+                f"{_dotted(key)}: waiting for mail at the sink needs 'sink: true' at the top "
+                "of the scenario",
+                at_key=True,
+            )
+        if "conn" in step:
+            self.fail(
+                (*key[:-1], "conn"),
+                f"{_dotted(key[:-1])}: an outbound step reads the sink, not a connection; "
+                "leave out 'conn'",
+                at_key=True,
+            )
+        return Outbound(
+            to=self.template((*key, "to"), value["to"]),
+            within=float(value.get("within", DEFAULT_OUTBOUND_WITHIN)),
+            attempts=value.get("attempts"),
+        )
 
     def auth(self, key: PathKey, raw: dict[str, Any], conn: Connection) -> Auth:
         mech = raw["mechanism"]
@@ -371,8 +431,13 @@ class _Builder:
             return None
         action = self.action(key, raw, conn)
         expect = (
-            self.expectation((*key, "expect"), raw["expect"], conn) if "expect" in raw else None
+            self.expectation(
+                (*key, "expect"), raw["expect"], conn, outbound=isinstance(action, Outbound)
+            )
+            if "expect" in raw
+            else None
         )
+        until = self.until(key, raw, action, expect)
         captures: list[tuple[str, Template]] = []
         for name, pattern in raw.get("capture", {}).items():
             captures.append((name, self.regex((*key, "capture", name), pattern)))
@@ -398,7 +463,38 @@ class _Builder:
             capture=tuple(captures),
             timeout=raw.get("timeout"),
             note=raw.get("note"),
+            until=until,
         )
+
+    def until(
+        self, key: PathKey, raw: dict[str, Any], action: Action | None, expect: Expectation | None
+    ) -> Until | None:
+        spec = raw.get("until")
+        if spec is None:
+            return None
+        if not isinstance(action, Send) or expect is None:
+            self.fail(
+                (*key, "until"),
+                f"{_dotted(key)}: 'until' repeats a 'send' or 'send_raw' until its "
+                "'expect' holds; this step has no such pair",
+                at_key=True,
+            )
+        elif expect.closed or expect.silence is not None or expect.or_closed:
+            self.fail(
+                (*key, "until"),
+                f"{_dotted(key)}: 'until' polls for a response; it cannot be combined "
+                "with 'closed', 'silence' or 'or_closed'",
+                at_key=True,
+            )
+        within = float(spec["within"])
+        every = float(spec.get("every", DEFAULT_UNTIL_EVERY))
+        if every > within:
+            self.fail(
+                (*key, "until", "every"),
+                f"{_dotted((*key, 'until'))}: 'every' ({every:g}s) is longer than "
+                f"'within' ({within:g}s)",
+            )
+        return Until(within=within, every=every)
 
     def requirement(
         self, index: int, text: str, service: str, conns: dict[str, Connection]
@@ -465,6 +561,7 @@ class _Builder:
             setup=setup,
             timeout=raw.get("timeout"),
             description=raw.get("description"),
+            sink=self.sink,
             document=self.doc,
         )
 

@@ -22,6 +22,7 @@ __all__ = [
     "Data",
     "Delivery",
     "Expectation",
+    "Outbound",
     "Protocol",
     "Requirement",
     "Scenario",
@@ -30,6 +31,7 @@ __all__ = [
     "StartTls",
     "Step",
     "TlsHandshake",
+    "Until",
 ]
 
 DEFAULT_SERVICE = {"smtp": "mx", "pop3": "pop3", "imap": "imap"}
@@ -97,7 +99,29 @@ class Close:
     """Close our side of the connection."""
 
 
-Action = Send | Data | StartTls | TlsHandshake | Auth | Sleep | Close
+@dataclass(frozen=True)
+class Outbound:
+    """Wait for mail the server under test relays to the harness's sink.
+
+    Without ``attempts``: until the sink has accepted a message for ``to``.
+    With ``attempts``: until that many delivery attempts for ``to`` have ended
+    (refused at RCPT, deferred or accepted after the data).
+    """
+
+    to: Template
+    within: float
+    attempts: int | None = None
+
+
+Action = Send | Data | StartTls | TlsHandshake | Auth | Sleep | Close | Outbound
+
+
+@dataclass(frozen=True)
+class Until:
+    """Poll: repeat the step's command every ``every`` s until its expectation holds."""
+
+    within: float
+    every: float = 0.5
 
 
 @dataclass(frozen=True)
@@ -111,6 +135,7 @@ class Expectation:
     closed: bool = False
     silence: float | None = None
     text: Template | None = None
+    or_closed: bool = False  # a close (maybe after a refusal) instead ends the scenario, passed
     # SMTP
     codes: tuple[int, ...] = ()
     reply_class: int | None = None
@@ -133,6 +158,10 @@ class Expectation:
     continuation: bool = False
     # POP3 and IMAP: the message retrieved equals this one, below header fields added on top
     message: Template | None = None
+    # outbound (mail at the sink): the envelope reverse-path ("" for the null path), and
+    # regexes the message must not match
+    sender: Template | None = None
+    text_absent: tuple[Template, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -145,6 +174,7 @@ class Step:
     capture: tuple[tuple[str, Template], ...] = ()
     timeout: float | None = None
     note: str | None = None
+    until: Until | None = None
 
 
 @dataclass(frozen=True)
@@ -183,6 +213,7 @@ class Scenario:
     setup: tuple[Delivery, ...] = ()
     timeout: float | None = None
     description: str | None = None
+    sink: bool = False  # needs the target's outbound sink; not applicable without one
     document: Located | None = field(default=None, compare=False, repr=False)
 
     @property

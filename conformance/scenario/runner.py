@@ -11,26 +11,43 @@ which is how pipelining is written. ``starttls`` and ``auth`` run their
 whole exchange and expect success unless the step's ``expect`` says
 otherwise.
 
+Outbound checks. When the target names a ``sink`` (or one is handed to the
+runner already bound, as for the embedded reference server), the runner
+serves a :class:`~conformance.sink.Sink` on its own event loop while
+scenarios that say ``sink: true`` run; without one those scenarios are not
+applicable. An ``outbound`` step waits on the sink, never on a connection.
+Each execution of a scenario gets its own ``{run}`` token, so scenarios
+running side by side address different recipients at the sink.
+
+Polling (``until``) sends a step's command again every ``every`` seconds
+until its expectation holds or ``within`` runs out; ``or_closed`` lets a
+server close the connection instead of answering (at once, or after a
+refusal), which ends the scenario there, passed.
+
 Verdicts: ``passed``; ``failed`` (the server did something the scenario
 says it must not, including malformed responses and timeouts);
-``not_applicable`` (a ``requires`` capability is not advertised); ``error``
-(the scenario could not get to a verdict: setup delivery failed, or a
-harness bug, which is reported with its traceback).
+``not_applicable`` (a ``requires`` capability is not advertised, or the
+scenario needs a sink the target lacks); ``error`` (the scenario could not
+get to a verdict: setup delivery failed, or a harness bug, which is
+reported with its traceback).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
+import secrets
 import time
 import traceback
-from collections.abc import Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
 
 from .._yaml import LoadError
 from ..results import ScenarioResult, Status
-from ..targets import Target, TlsMode
-from ..transport import Channel, ConnectFailed, Transcript
+from ..sink import Sink, SinkMessage
+from ..targets import SinkSpec, Target, TlsMode
+from ..transport import Channel, ConnectFailed, ReadTimeout, Transcript, show_bytes
 from ..wire.pop3 import Pop3Response
 from ..wire.smtp import Reply
 from .loader import decode_raw
@@ -42,6 +59,7 @@ from .model import (
     Data,
     Delivery,
     Expectation,
+    Outbound,
     Protocol,
     Scenario,
     Send,
@@ -63,9 +81,21 @@ from .sessions import (
 )
 from .variables import Template, TemplateError
 
-__all__ = ["Runner", "SetupFailed", "TargetUnreachable", "check_against_target", "dot_stuff"]
+__all__ = [
+    "Runner",
+    "ScenarioEnded",
+    "SetupFailed",
+    "TargetUnreachable",
+    "check_against_target",
+    "dot_stuff",
+]
 
 DEFAULT_SCENARIO_TIMEOUT = 60.0
+_SINK_SHOW_LINES = 40  # lines of a message at the sink shown in the transcript
+_NO_SINK = (
+    "the target has no outbound sink (give it a 'sink:' section and route its domain "
+    "to it: docs/targets.md)"
+)
 
 
 class TargetUnreachable(Exception):
@@ -74,6 +104,10 @@ class TargetUnreachable(Exception):
 
 class SetupFailed(Exception):
     """The scenario's setup could not be done; the scenario cannot be judged."""
+
+
+class ScenarioEnded(Exception):
+    """The server closed a connection where ``or_closed`` allows it: the scenario passed."""
 
 
 def check_against_target(scenarios: Iterable[Scenario], target: Target) -> list[LoadError]:
@@ -131,6 +165,19 @@ def _positive(resp: object) -> bool:
     return False
 
 
+def _refusal(resp: object) -> bool:
+    """A negative answer: SMTP 4xx/5xx, POP3 -ERR, IMAP NO/BAD or an untagged BYE."""
+    if isinstance(resp, Reply):
+        return resp.code >= 400
+    if isinstance(resp, Pop3Response):
+        return not resp.ok
+    if isinstance(resp, ImapExchange):
+        if resp.tagged is not None and resp.tagged.status in ("NO", "BAD"):
+            return True
+        return any(u.keyword == "BYE" for u in resp.untagged)
+    return False
+
+
 def _show(resp: object) -> str:
     if isinstance(resp, Closed):
         return "the connection closed"
@@ -148,10 +195,21 @@ class _Execution:
     transcript: Transcript = field(default_factory=Transcript)
     sessions: dict[str, Session] = field(default_factory=dict)
     step: Step | None = None
+    # connection -> the or_closed step whose refusal lets the server close it before
+    # the next response on that connection
+    may_close: dict[str, Step] = field(default_factory=dict)
 
 
 class Runner:
-    """Runs scenarios against one target."""
+    """Runs scenarios against one target.
+
+    Args:
+        sink: an outbound sink already bound (its port routed to by the server under
+            test), served while scenarios that need it run; by default one is made
+            from the target's ``sink`` section, if it has one. A sink is stopped when
+            the run (or ``run_one``) that served it ends; a later one listens anew on
+            the same address.
+    """
 
     def __init__(
         self,
@@ -160,6 +218,7 @@ class Runner:
         jobs: int = 8,
         scenario_timeout: float | None = None,
         on_result: Callable[[ScenarioResult], None] | None = None,
+        sink: Sink | None = None,
     ):
         self.target = target
         self.jobs = max(1, jobs)
@@ -167,6 +226,64 @@ class Runner:
         self.on_result = on_result
         self._caps: dict[str, set[str] | str] = {}
         self._cap_locks: dict[str, asyncio.Lock] = {}
+        self._given_sink = sink  # used (started, then stopped) by the first run only
+        self._sink_spec: SinkSpec | None = (
+            SinkSpec(sink.host, sink.port, sink.domain) if sink is not None else target.sink
+        )
+        self.sink: Sink | None = None  # the sink being served, while scenarios need it
+        self._sink_users = 0
+        self._sink_ready = asyncio.Event()  # made anew on the loop that starts the sink
+
+    @property
+    def sink_domain(self) -> str | None:
+        """The domain routed to the sink, or None when there is no sink."""
+        return self._sink_spec.domain if self._sink_spec is not None else None
+
+    @contextlib.asynccontextmanager
+    async def serving_sink(self, needed: bool = True) -> AsyncIterator[Sink | None]:
+        """Serve the sink on this event loop for the duration (nested uses share it).
+
+        Raises:
+            TargetUnreachable: the sink cannot listen on the target's ``sink`` address.
+        """
+        if not needed or self.sink_domain is None:
+            yield self.sink
+            return
+        self._sink_users += 1
+        try:
+            if self._sink_users == 1:
+                self._sink_ready = asyncio.Event()
+                try:
+                    self.sink = await self._start_sink()
+                finally:
+                    self._sink_ready.set()
+            else:  # another scenario is starting it: wait (synchronous up to here)
+                await self._sink_ready.wait()
+            yield self.sink
+        finally:
+            self._sink_users -= 1
+            if self._sink_users == 0 and self.sink is not None:
+                sink, self.sink = self.sink, None
+                await sink.stop()
+
+    async def _start_sink(self) -> Sink:
+        sink, self._given_sink = self._given_sink, None
+        if sink is None:
+            spec = self._sink_spec
+            assert spec is not None
+            try:
+                sink = Sink(spec.host, spec.port, domain=spec.domain)
+            except OSError as exc:
+                where = (
+                    f"[{spec.host}]:{spec.port}"
+                    if ":" in spec.host
+                    else (f"{spec.host}:{spec.port}")
+                )
+                raise TargetUnreachable(
+                    f"the outbound sink cannot listen on {where}: {exc.strerror or exc}"
+                ) from None
+        await sink.start()
+        return sink
 
     # -- whole runs ----------------------------------------------------------
 
@@ -209,6 +326,10 @@ class Runner:
         """
         offered = set(self.target.services)
         await self.preflight([sc for sc in scenarios if sc.services() <= offered])
+        async with self.serving_sink(any(sc.sink for sc in scenarios)):
+            return await self._run_all(scenarios, offered)
+
+    async def _run_all(self, scenarios: list[Scenario], offered: set[str]) -> list[ScenarioResult]:
         gate = asyncio.Semaphore(self.jobs)
         maildrops: dict[str, asyncio.Lock] = {}
 
@@ -297,7 +418,15 @@ class Runner:
     # -- one scenario ----------------------------------------------------------
 
     async def run_one(self, scenario: Scenario) -> ScenarioResult:
-        ex = _Execution(scenario, self.target, dict(self.target.variables()))
+        async with self.serving_sink(scenario.sink):
+            return await self._run_one(scenario)
+
+    async def _run_one(self, scenario: Scenario) -> ScenarioResult:
+        values = dict(self.target.variables())
+        values["run"] = secrets.token_hex(5)  # unique per execution: addresses, Message-IDs
+        if self.sink_domain is not None:
+            values["sink.domain"] = self.sink_domain
+        ex = _Execution(scenario, self.target, values)
         started = time.monotonic()
         result = ScenarioResult(
             id=scenario.id,
@@ -309,6 +438,9 @@ class Runner:
             rfc=scenario.rfc,
         )
         deadline = scenario.timeout or self.scenario_timeout or DEFAULT_SCENARIO_TIMEOUT
+        if scenario.sink and self.sink is None:
+            result.status, result.message = Status.NOT_APPLICABLE, _NO_SINK
+            return result
         try:
             for req in scenario.requires:
                 protocol = next(
@@ -321,6 +453,9 @@ class Runner:
                     result.message = f"service {req.service!r} does not advertise {req.capability}"
                     return result
             await asyncio.wait_for(self._execute(ex), timeout=deadline)
+        except ScenarioEnded as exc:
+            result.message = str(exc)
+            ex.transcript.event("harness", str(exc))
         except StepFailure as exc:
             result.status, result.message = Status.FAILED, str(exc)
         except TimeoutError:
@@ -379,10 +514,35 @@ class Runner:
             session = ex.sessions.get(conn.name)
             if session is not None:
                 await session.channel.close()
+            ex.may_close.pop(conn.name, None)
             return
         if isinstance(step.action, Sleep):
             await asyncio.sleep(step.action.seconds)
             return
+        if isinstance(step.action, Outbound):
+            await self._outbound(ex, step, step.action)
+            return
+        allowed = ex.may_close.get(conn.name)  # an or_closed refusal before this step
+        try:
+            await self._converse(ex, step, conn)
+        except (StepFailure, ConnectionError) as exc:
+            session = ex.sessions.get(conn.name)
+            closed = isinstance(exc, ConnectionError) or (
+                session is not None and session.channel.eof
+            )
+            if allowed is not None and closed:
+                raise ScenarioEnded(
+                    f"the server closed connection {conn.name!r} after refusing at step "
+                    f"{allowed.index + 1}, which or_closed allows; the steps after that "
+                    "did not run"
+                ) from None
+            raise
+        reads = step.expect is not None or step.capture or isinstance(step.action, StartTls | Auth)
+        if reads and allowed is not None and ex.may_close.get(conn.name) is allowed:
+            del ex.may_close[conn.name]  # the server answered again: the allowance is spent
+
+    async def _converse(self, ex: _Execution, step: Step, conn: Connection) -> None:
+        """A step that talks on a connection."""
         session = await self._session(ex, conn, step.timeout)
         timeout = self._timeout(step)
         if not session.greeted:
@@ -394,16 +554,11 @@ class Runner:
             if not _positive(greeting):
                 raise StepFailure(f"greeting on {conn.name!r} was not positive: {_show(greeting)}")
         action = step.action
+        if isinstance(action, Send) and step.until is not None:
+            await self._poll(ex, session, step, action, timeout)
+            return
         if isinstance(action, Send):
-            if action.raw:
-                data = self._raw_bytes(action.text, ex.values) * action.repeat
-            else:
-                data = (
-                    action.text.render(ex.values).encode("utf-8", errors="surrogateescape")
-                    + b"\r\n"
-                )
-            session.note_sent(data)
-            await session.channel.send(data)
+            await self._send(ex, session, action)
         elif isinstance(action, Data):
             await session.channel.send(dot_stuff(action.body.render(ex.values)))
         elif isinstance(action, StartTls):
@@ -428,6 +583,39 @@ class Runner:
         if step.expect is not None or step.capture:
             await self._expect(ex, session, step, timeout)
 
+    async def _send(self, ex: _Execution, session: Session, action: Send) -> None:
+        if action.raw:
+            data = self._raw_bytes(action.text, ex.values) * action.repeat
+        else:
+            data = action.text.render(ex.values).encode("utf-8", errors="surrogateescape") + b"\r\n"
+        session.note_sent(data)
+        await session.channel.send(data)
+
+    async def _poll(
+        self, ex: _Execution, session: Session, step: Step, action: Send, timeout: float
+    ) -> None:
+        """Send the command again every ``until.every`` s until the expectation holds."""
+        until = step.until
+        assert until is not None and step.expect is not None
+        deadline = time.monotonic() + until.within
+        tries = 0
+        while True:
+            tries += 1
+            await self._send(ex, session, action)
+            resp = await self._read(ex, session, step.expect, timeout, greeting=False)
+            problems = self._problems(ex, step, resp, default_ok=False)
+            if not problems or isinstance(resp, Closed):
+                break
+            if time.monotonic() + until.every > deadline:
+                problems[-1] += (
+                    f" (the last of {tries} tries in {until.within:g}s, one every {until.every:g}s)"
+                )
+                break
+            await asyncio.sleep(until.every)
+        if tries > 1:
+            ex.transcript.event(session.channel.name, f"polled: {tries} tries")
+        self._conclude(ex, step, resp, problems)
+
     @staticmethod
     def _raw_bytes(tpl: Template, values: dict[str, str]) -> bytes:
         out = b""
@@ -444,6 +632,9 @@ class Runner:
         self, ex: _Execution, session: Session, step: Step, timeout: float, greeting: bool = False
     ) -> None:
         exp = step.expect or Expectation()
+        if exp.silence is not None and exp.or_closed:
+            await self._silence_or_close(ex, session, step, exp.silence, timeout)
+            return
         if exp.silence is not None:
             await session.expect_silence(exp.silence)
             return
@@ -452,9 +643,65 @@ class Runner:
             await session.expect_closed(timeout)
             return
         resp = await self._read(ex, session, exp, timeout, greeting)
+        if exp.or_closed:
+            await self._or_closed(ex, session, step, resp, timeout)
         self._judge(ex, step, resp, default_ok=False)
         if exp.closed:
             await session.expect_closed(timeout)
+
+    def _ended(self, session: Session, step: Step, how: str) -> ScenarioEnded:
+        return ScenarioEnded(
+            f"the server closed connection {session.channel.name!r} {how} at step "
+            f"{step.index + 1}, which or_closed allows; the steps after that did not run"
+        )
+
+    async def _or_closed(
+        self, ex: _Execution, session: Session, step: Step, resp: object, timeout: float
+    ) -> None:
+        """``or_closed``: a close instead of the response, or a refusal then a close."""
+        if isinstance(resp, Closed):
+            raise self._ended(session, step, "instead of answering")
+        if not _refusal(resp):
+            return
+        if self._problems(ex, step, resp, default_ok=False):
+            # not the answer expected, but a refusal: acceptable only if the server closes now
+            if await self._closes(session, timeout):
+                raise self._ended(session, step, "after refusing")
+            return  # _judge reports the mismatch
+        # the refusal was acceptable; the server may still close before its next answer
+        ex.may_close[session.channel.name] = step
+
+    @staticmethod
+    async def _closes(session: Session, timeout: float) -> bool:
+        try:
+            await session.expect_closed(timeout)
+        except StepFailure:
+            return False
+        return True
+
+    async def _silence_or_close(
+        self, ex: _Execution, session: Session, step: Step, seconds: float, timeout: float
+    ) -> None:
+        """Silence, or a close (at once, or after a refusal): both end well."""
+        if not session.reader.pending:
+            try:
+                data = await session.channel.read(seconds)
+            except ReadTimeout:
+                return  # silent: the expectation holds
+            if not data:
+                raise self._ended(session, step, "instead of staying silent")
+            session.reader.receive_data(data)
+        resp = await self._read(ex, session, Expectation(), timeout, greeting=False)
+        if isinstance(resp, Closed):
+            raise self._ended(session, step, "instead of staying silent")
+        if _refusal(resp) and await self._closes(session, timeout):
+            raise self._ended(session, step, "after refusing")
+        raw = getattr(resp, "raw", None)
+        shown = repr(raw.decode("utf-8", "replace").split("\r\n")[0]) if raw else _show(resp)
+        raise StepFailure(
+            f"expected silence for {seconds:g}s, but the server sent {shown} "
+            "(and did not close the connection, which or_closed would allow)"
+        )
 
     async def _read(
         self, ex: _Execution, session: Session, exp: Expectation, timeout: float, greeting: bool
@@ -480,27 +727,97 @@ class Runner:
             raise StepFailure("no IMAP command is waiting for a tagged response; give expect.tag")
         return await session.read_exchange(timeout, tag=tag, until_continuation=exp.continuation)
 
-    def _judge(self, ex: _Execution, step: Step, resp: object, *, default_ok: bool) -> None:
+    @staticmethod
+    def _problems(ex: _Execution, step: Step, resp: object, *, default_ok: bool) -> list[str]:
         if step.expect is not None:
-            problems = check(step.expect, resp, ex.values)
-        elif default_ok:
-            problems = [] if _positive(resp) else [f"expected success, got {_show(resp)}"]
-        else:
-            problems = (
-                ["expected a response, but the server closed the connection"]
-                if isinstance(resp, Closed)
-                else []
-            )
+            return check(step.expect, resp, ex.values)
+        if default_ok:
+            return [] if _positive(resp) else [f"expected success, got {_show(resp)}"]
+        if isinstance(resp, Closed):
+            return ["expected a response, but the server closed the connection"]
+        return []
+
+    def _judge(self, ex: _Execution, step: Step, resp: object, *, default_ok: bool) -> None:
+        self._conclude(ex, step, resp, self._problems(ex, step, resp, default_ok=default_ok))
+
+    @staticmethod
+    def _conclude(ex: _Execution, step: Step, resp: object, problems: list[str]) -> None:
+        """Fail with ``problems``, or store the step's captures from ``resp``."""
         if problems:
             raise StepFailure("; ".join(problems))
-        text = response_text(resp)
-        for name, tpl in step.capture:
-            m = tpl.render_regex(ex.values).search(text)
-            if m is None:
+        _capture(ex, step, response_text(resp))
+
+    # -- the outbound sink --------------------------------------------------------
+
+    async def _outbound(self, ex: _Execution, step: Step, action: Outbound) -> None:
+        """Wait for mail at the sink for one recipient, then check it."""
+        sink = self.sink
+        if sink is None:  # run_one checks first; kept for direct callers
+            raise SetupFailed(_NO_SINK)
+        to = action.to.render(ex.values)
+        wanted = action.attempts
+        what = (
+            f"{wanted} delivery attempt(s) for <{to}>"
+            if wanted is not None
+            else f"a message for <{to}>"
+        )
+        ex.transcript.event("sink", f"waiting up to {action.within:g}s for {what}")
+
+        def ready(s: Sink) -> bool:
+            if wanted is None:
+                return bool(s.for_recipient(to))
+            return len(s.attempts_for(to)) >= wanted
+
+        try:
+            await sink.wait_for(ready, action.within)
+        except TimeoutError:
+            _record_sink(ex, sink, to)
+            raise StepFailure(
+                f"{what} did not reach the sink within {action.within:g}s: "
+                + _sink_summary(sink, to)
+            ) from None
+        _record_sink(ex, sink, to)
+        messages = sink.for_recipient(to)
+        exp = step.expect
+        if not messages:
+            if exp is not None and (exp.sender, exp.text, exp.text_absent) != (None, None, ()):
                 raise StepFailure(
-                    f"capture {name!r}: /{tpl.render(ex.values)}/ did not match {text!r}"
+                    f"no message for <{to}> was accepted by the sink: {_sink_summary(sink, to)}"
                 )
-            ex.values[name] = m.group(1) if m.re.groups else m.group(0)
+            if step.capture:
+                raise StepFailure(f"nothing to capture from: {_sink_summary(sink, to)}")
+            return
+        msg = messages[0]
+        text = msg.data.decode("utf-8", "surrogateescape").replace("\r\n", "\n")
+        problems: list[str] = []
+        if exp is not None and exp.sender is not None:
+            want = exp.sender.render(ex.values)
+            if msg.sender.lower() != want.lower():
+                problems.append(
+                    f"expected the envelope sender (MAIL FROM) <{want}>, got <{msg.sender}>"
+                )
+        if (
+            exp is not None
+            and exp.text is not None
+            and not exp.text.render_regex(ex.values).search(text)
+        ):
+            problems.append(
+                f"expected the message at the sink to match /{exp.text.render(ex.values)}/"
+                f" (it begins {_first_lines(text)!r})"
+            )
+        for tpl in exp.text_absent if exp is not None else ():
+            m = tpl.render_regex(ex.values).search(text)
+            if m is not None:
+                line_start = text.rfind("\n", 0, m.start()) + 1
+                line_end = text.find("\n", m.end())
+                shown = text[line_start : line_end if line_end >= 0 else len(text)]
+                problems.append(
+                    f"expected no match for /{tpl.render(ex.values)}/ in the message at the "
+                    f"sink, got {shown[:200]!r}"
+                )
+        if problems:
+            raise StepFailure(f"mail for <{to}> at the sink: " + "; ".join(problems))
+        _capture(ex, step, text)
 
     # -- setup -------------------------------------------------------------------
 
@@ -555,6 +872,58 @@ class Runner:
             raise SetupFailed(f"setup delivery via {d.via!r} failed: {exc}") from None
         finally:
             await channel.close()
+
+
+def _capture(ex: _Execution, step: Step, text: str) -> None:
+    for name, tpl in step.capture:
+        m = tpl.render_regex(ex.values).search(text)
+        if m is None:
+            raise StepFailure(f"capture {name!r}: /{tpl.render(ex.values)}/ did not match {text!r}")
+        ex.values[name] = m.group(1) if m.re.groups else m.group(0)
+
+
+def _first_lines(text: str, count: int = 3) -> str:
+    return "\n".join(text.split("\n", count)[:count])
+
+
+def _sink_summary(sink: Sink, to: str) -> str:
+    """What the sink saw for ``to``, in one phrase, for failure messages."""
+    attempts = sink.attempts_for(to)
+    accepted = sink.for_recipient(to)
+    if not attempts:
+        return f"the sink saw no delivery attempt for <{to}>"
+    shown = ", ".join(
+        f"{a.code} {'at RCPT' if a.stage == 'rcpt' else 'after the data'}" for a in attempts
+    )
+    return (
+        f"{len(attempts)} attempt(s) for <{to}> ended ({shown}), "
+        f"{len(accepted)} message(s) accepted"
+    )
+
+
+def _record_sink(ex: _Execution, sink: Sink, to: str) -> None:
+    """Put what the sink saw for ``to`` into the transcript as ``*`` events."""
+    for n, a in enumerate(sink.attempts_for(to), 1):
+        stage = "refused at RCPT" if a.stage == "rcpt" else "answered after the data"
+        ex.transcript.event("sink", f"attempt {n}: MAIL FROM:<{a.sender}>, {stage} with {a.code}")
+    for msg in sink.for_recipient(to):
+        _record_message(ex, msg)
+
+
+def _record_message(ex: _Execution, msg: SinkMessage) -> None:
+    rcpts = ", ".join(f"<{r}>" for r in msg.recipients)
+    ex.transcript.event(
+        "sink",
+        f"accepted from {msg.peer} (EHLO {msg.ehlo}): MAIL FROM:<{msg.sender}>, "
+        f"RCPT {rcpts}, {len(msg.data)} octets:",
+    )
+    lines = re.split(rb"\r\n", msg.data)
+    if lines and lines[-1] == b"":
+        lines.pop()
+    for line in lines[:_SINK_SHOW_LINES]:
+        ex.transcript.event("sink", "| " + show_bytes(line))
+    if len(lines) > _SINK_SHOW_LINES:
+        ex.transcript.event("sink", f"| … ({len(lines) - _SINK_SHOW_LINES} more lines)")
 
 
 def _pop3_accounts(scenario: Scenario) -> set[str]:

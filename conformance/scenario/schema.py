@@ -10,7 +10,14 @@ from __future__ import annotations
 
 from typing import Any, Final
 
-__all__ = ["ACTION_KEYS", "IMAP_EXPECT", "POP3_EXPECT", "SCENARIO_SCHEMA", "SMTP_EXPECT"]
+__all__ = [
+    "ACTION_KEYS",
+    "IMAP_EXPECT",
+    "OUTBOUND_EXPECT",
+    "POP3_EXPECT",
+    "SCENARIO_SCHEMA",
+    "SMTP_EXPECT",
+]
 
 _str_list: dict[str, Any] = {"type": "array", "items": {"type": "string"}}
 _nonneg: dict[str, Any] = {"type": "number", "minimum": 0}
@@ -18,7 +25,9 @@ _positive: dict[str, Any] = {"type": "number", "exclusiveMinimum": 0}
 _regex_list: dict[str, Any] = {"type": "array", "items": {"type": "string"}}
 
 #: Expectation keys any protocol understands.
-COMMON_EXPECT: Final = frozenset({"closed", "silence", "text"})
+COMMON_EXPECT: Final = frozenset({"closed", "silence", "text", "or_closed"})
+#: Expectations of an ``outbound`` step: the mail as the sink received it.
+OUTBOUND_EXPECT: Final = frozenset({"sender", "text", "text_absent"})
 #: SMTP reply expectations (RFC 5321 §4.2, RFC 3463 enhanced codes, EHLO keywords).
 SMTP_EXPECT: Final = frozenset(
     {"code", "class", "enhanced", "lines", "multiline", "ehlo_has", "ehlo_lacks"}
@@ -60,6 +69,7 @@ _expect: dict[str, Any] = {
         "closed": {"const": True},
         "silence": _positive,
         "text": {"type": "string"},
+        "or_closed": {"const": True},
         # smtp (and "code" doubles as the POP3/IMAP response code, checked per protocol)
         "code": {
             "anyOf": [
@@ -96,6 +106,9 @@ _expect: dict[str, Any] = {
         "continuation": {"const": True},
         # pop3 and imap: the message retrieved (RETR, FETCH BODY[]) is the one given
         "message": _message,
+        # outbound: the envelope reverse-path the sink saw ("" is the null path)
+        "sender": {"type": "string"},
+        "text_absent": _regex_list,
     },
 }
 
@@ -122,6 +135,7 @@ ACTION_KEYS: Final = (
     "auth",
     "sleep",
     "close",
+    "outbound",
 )
 
 _step: dict[str, Any] = {
@@ -139,6 +153,22 @@ _step: dict[str, Any] = {
         "auth": _auth,
         "sleep": _nonneg,
         "close": {"const": True},
+        "outbound": {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["to"],
+            "properties": {
+                "to": {"type": "string", "minLength": 1},
+                "within": _positive,
+                "attempts": {"type": "integer", "minimum": 1, "maximum": 100},
+            },
+        },
+        "until": {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["within"],
+            "properties": {"within": _positive, "every": _positive},
+        },
         "expect": _expect,
         "capture": {
             "type": "object",
@@ -180,6 +210,7 @@ SCENARIO_SCHEMA: Final[dict[str, Any]] = {
         "covers": _str_list,
         "tags": _str_list,
         "requires": _str_list,
+        "sink": {"type": "boolean"},
         "timeout": _positive,
         "connections": {
             "type": "object",

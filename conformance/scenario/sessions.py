@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import re
 from collections import deque
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -447,7 +448,7 @@ class ImapSession(Session):
         if isinstance(exchange, ImapExchange) and exchange.untagged:
             greeting = exchange.untagged[0]
             if greeting.code == "CAPABILITY" and greeting.code_args:
-                self.capabilities = {c.upper() for c in greeting.code_args.split()}
+                self.capabilities = capability_set_imap(greeting.code_args.split())
         return exchange
 
     async def command(self, line: str, timeout: float) -> ImapExchange | Closed:
@@ -462,7 +463,7 @@ class ImapSession(Session):
         if isinstance(exchange, ImapExchange):
             for u in exchange.untagged:
                 if u.keyword == "CAPABILITY" and u.data:
-                    self.capabilities = {str(c).upper() for c in u.data}
+                    self.capabilities = capability_set_imap(str(c) for c in u.data)
         return exchange
 
     async def starttls_command(self, timeout: float) -> Response:
@@ -491,6 +492,20 @@ class ImapSession(Session):
                     return await self.read_exchange(timeout, tag=tag, until_continuation=False)
                 return exchange
             await self.channel.send((secrets.pop(0) if secrets else b"*") + b"\r\n")
+
+
+def capability_set_imap(names: Iterable[str]) -> set[str]:
+    """IMAP capability names, upper-cased; a valued one (``APPENDLIMIT=67108864``,
+    ``AUTH=PLAIN``) also gives its bare name, so ``requires: [APPENDLIMIT]`` holds
+    whatever the value (as EHLO keywords do for SMTP)."""
+    caps: set[str] = set()
+    for name in names:
+        upper = name.upper()
+        caps.add(upper)
+        bare, sep, _ = upper.partition("=")
+        if sep and bare:
+            caps.add(bare)
+    return caps
 
 
 def _imap_quote(text: str) -> str:

@@ -5,10 +5,14 @@ A variable is ``{`` + a dotted identifier + ``}``: ``{account.alice.address}``,
 IMAP literal markers like ``{5}`` and ``{12+}`` need no escaping; ``{{`` and
 ``}}`` write a literal brace where it would otherwise start a variable.
 
-Names come from three places:
+Names come from these places:
 
 - the target: ``domain``, ``host``, ``account.NAME.address``,
-  ``account.NAME.username``, ``account.NAME.password``;
+  ``account.NAME.username``, ``account.NAME.password``, and ``sink.domain``
+  (the domain routed to the harness's outbound sink) in scenarios that say
+  ``sink: true``;
+- the run: ``run``, a token of 10 lowercase hex digits new to each execution
+  of a scenario, for unique addresses, subjects and Message-IDs;
 - ``capture:`` in an earlier step of the same scenario;
 - nothing else; an unknown name is a load error, never an empty string.
 """
@@ -93,14 +97,24 @@ def parse_template(source: str) -> Template:
     return Template(source, tuple(parts))
 
 
-def is_known(name: str, captured: set[str], accounts: set[str] | None) -> str | None:
+def is_known(
+    name: str, captured: set[str], accounts: set[str] | None, *, sink: bool = False
+) -> str | None:
     """Return None if ``name`` may be used here, else why not (one phrase).
 
     ``accounts`` is None when no target is known yet (``mailharness validate``):
     then any account name is accepted and checked again against the target.
+    ``sink``: the scenario says ``sink: true``, so ``{sink.domain}`` is defined.
     """
-    if name in captured or name in ("domain", "host"):
+    if name in captured or name in ("domain", "host", "run"):
         return None
+    if name == "sink.domain":
+        if sink:
+            return None
+        return (
+            "{sink.domain} needs 'sink: true' at the top of the scenario "
+            "(it then runs only against targets with an outbound sink)"
+        )
     head, _, rest = name.partition(".")
     if head == "account":
         account, _, fld = rest.partition(".")
@@ -119,5 +133,6 @@ def is_known(name: str, captured: set[str], accounts: set[str] | None) -> str | 
     hint = f"; captured so far: {', '.join(sorted(captured))}" if captured else ""
     return (
         f"unknown variable {{{name}}}: not captured by an earlier step and not a target "
-        f"variable (domain, host, account.NAME.address|username|password){hint}"
+        f"variable (domain, host, account.NAME.address|username|password, sink.domain) "
+        f"or {{run}}{hint}"
     )

@@ -405,7 +405,8 @@ class QueueRunner:
             if user is None:
                 log.warning("queue: notice to unknown local address <%s> dropped", to)
                 return
-            await server.store.deliver([user], message)
+            # final delivery of a message sent with the null reverse-path (RFC 5321 §4.4)
+            await server.store.deliver([user], b"Return-Path: <>\r\n" + message)
             server.imap_store.notify_delivery(user)
             return
         queue_id = await self.spool.enqueue("", [to], message)

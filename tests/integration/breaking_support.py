@@ -5,6 +5,11 @@ each module maps scenario ids to ``(handler, phrase)`` in a ``CASES`` dict, wher
 ``handler`` is a scripted server (or a dict of them, one per service) and
 ``phrase`` must appear in the failure message. test_breaking_guard.py checks that
 every shipped scenario has exactly one case across the modules.
+
+Outbound scenarios (``sink: true``) need the harness's sink: the test makes a
+:class:`~conformance.sink.Sink` first (its port is bound at once), gives its address
+to the scripted server, which relays there, and passes it as ``sink=``; the target
+then names it and the runner serves it while the scenario runs.
 """
 
 from __future__ import annotations
@@ -20,7 +25,9 @@ from scripted import ScriptConn, ScriptedServer, TestCerts
 
 from conformance.results import Status
 from conformance.scenario.loader import load_paths
+from conformance.scenario.model import Scenario
 from conformance.scenario.runner import Runner
+from conformance.sink import Sink
 from conformance.targets import load_target
 
 __all__ = ["ROOT", "SHIPPED", "TARGET", "Handler", "run_breaking"]
@@ -47,9 +54,20 @@ def run_breaking(
     phrase: str,
     tmp_path: Path,
     certs: TestCerts,
+    *,
+    sink: Sink | None = None,
+    adjust: Callable[[Scenario], Scenario] | None = None,
 ) -> None:
-    """Run the shipped scenario against ``handler``; it must fail, saying ``phrase``."""
+    """Run the shipped scenario against ``handler``; it must fail, saying ``phrase``.
+
+    Args:
+        sink: the outbound sink the scripted server relays to (for ``sink: true``).
+        adjust: changes the scenario before it runs (say, a shorter wait for mail that
+            a broken server never sends, so the case fails in seconds, not a minute).
+    """
     sc = SHIPPED[scenario_id]
+    if adjust is not None:
+        sc = adjust(sc)
     handlers = handler if isinstance(handler, dict) else {sc.service: handler}
     assert sc.services() <= handlers.keys(), f"no scripted server for {sc.services()}"
     with contextlib.ExitStack() as stack:
@@ -59,7 +77,10 @@ def run_breaking(
             services[name] = {"port": srv.port, "tls": "starttls"}
         target = dict(TARGET, services=services)
         target["tls"] = {"verify": True, "ca_file": str(certs.ca_file)}
+        if sink is not None:
+            target["sink"] = {"host": sink.host, "port": sink.port, "domain": sink.domain}
         (tmp_path / "t.yaml").write_text(yaml.safe_dump(target))
-        result = asyncio.run(Runner(load_target(tmp_path / "t.yaml")).run_one(sc))
+        runner = Runner(load_target(tmp_path / "t.yaml"), sink=sink)
+        result = asyncio.run(runner.run_one(sc))
     assert result.status is Status.FAILED, (result.status, result.message)
     assert phrase in (result.message or ""), result.message

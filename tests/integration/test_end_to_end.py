@@ -292,11 +292,13 @@ def test_unreachable_target_exits_3(tmp_path):
         host: 127.0.0.1
         domain: example.test
         services: {{mx: {{port: {port}}}}}
-        accounts: {{alice: {{address: alice@example.test, password: pw}}}}
+        accounts:
+          alice: {{address: alice@example.test, password: pw}}
+          bob: {{address: bob@example.test, password: pw}}
         """,
     )
     code, output = run_cli(
-        "run", str(ROOT / "scenarios" / "smtp"), "--target", str(target), "-k", "!smtp.submission*"
+        "run", str(ROOT / "scenarios" / "smtp"), "--target", str(target), "-k", "smtp.ehlo.*"
     )
     assert code == 3
     assert f"target unreachable: service 'mx' at 127.0.0.1:{port}" in output
@@ -520,7 +522,10 @@ def test_check_runs_the_shipped_suites_against_the_embedded_server(tmp_path):
     assert summary["failed"] == 0 and summary["error"] == 0
     assert summary["passed"] >= 12
     na = {r["id"]: r["message"] for r in data["results"] if r["status"] == "not_applicable"}
-    assert all("the target offers no" in m for m in na.values()), na
+    # the gaps docs/reference-server.md lists under "Checks it cannot pass yet"
+    known_gaps = {"mime.smtputf8-utf8-headers-roundtrip": "does not advertise UTF8=ACCEPT"}
+    assert {i: m for i, m in na.items() if i not in known_gaps} == {}
+    assert all(known_gaps[i] in m for i, m in na.items())
     assert set(data["target"]["services"]) == {
         "mx",
         "submission",

@@ -676,7 +676,13 @@ def test_command_line_of_1024_octets_is_accepted(pop_server):
 def test_bare_lf_bare_cr_nul_and_non_utf8_lines_are_err(pop_server):
     three_messages(pop_server)
     client = tls_session(pop_server, "pop3s", "alice")
-    for line in [b"NOOP\nX\r\n", b"NO\rOP\r\n", b"NOOP\r\r\n", b"NO\x00OP\r\n", b"USER \xff\xfe\r\n"]:
+    for line in [
+        b"NOOP\nX\r\n",
+        b"NO\rOP\r\n",
+        b"NOOP\r\r\n",
+        b"NO\x00OP\r\n",
+        b"USER \xff\xfe\r\n",
+    ]:
         client.send(line)
         reply = client.read_reply()
         assert not reply.ok, (line, reply)
