@@ -30,7 +30,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import ipaddress
 import os
 import re
 import ssl
@@ -40,6 +39,7 @@ from typing import Literal
 
 from conformance.wire import ConnectionClosed, NeedData, RemoteProtocolError
 from conformance.wire.smtp import Reply, SmtpReplyReader, parse_ehlo
+from reference_server.configreader import is_ip
 
 from .routing import Hop
 from .settings import RelayTimeouts, TlsPolicy
@@ -171,15 +171,7 @@ def _tls_context(hop: Hop) -> tuple[ssl.SSLContext, str | None]:
     context = ssl.create_default_context()
     context.check_hostname = False
     context.verify_mode = ssl.CERT_NONE
-    return context, None if _is_ip(hop.host) else hop.host
-
-
-def _is_ip(text: str) -> bool:
-    try:
-        ipaddress.ip_address(text)
-    except ValueError:
-        return False
-    return True
+    return context, None if is_ip(hop.host) else hop.host
 
 
 async def relay(
