@@ -10,15 +10,26 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import socket
 import ssl
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 from .targets import Service, Target, TlsMode
 
-__all__ = ["Channel", "ConnectFailed", "ReadTimeout", "Transcript", "TranscriptEntry"]
+__all__ = [
+    "Channel",
+    "ConnectFailed",
+    "ReadTimeout",
+    "TlsHandshakeFailed",
+    "Transcript",
+    "TranscriptEntry",
+]
 
 _SHOW_MAX = 400  # characters of one line shown in a transcript before eliding
+_SALVAGE_MAX = 1 << 20  # bytes read from the socket after the connection was lost
 
 
 @dataclass(frozen=True)
@@ -86,6 +97,94 @@ class ReadTimeout(Exception):
     """No bytes arrived within the read deadline."""
 
 
+class TlsHandshakeFailed(ConnectFailed):
+    """A STARTTLS/STLS handshake did not complete; ``how`` says in what way.
+
+    ``how`` is ``closed`` (the server closed or reset the connection during the
+    handshake), ``alert`` (the server sent a TLS alert), ``not-tls`` (the server sent
+    bytes that are not TLS), ``certificate`` (its certificate did not verify),
+    ``timeout`` (no handshake within the connect timeout) or ``other``.
+    """
+
+    def __init__(self, message: str, how: str):
+        super().__init__(message)
+        self.how = how
+
+
+def _handshake_failure(exc: BaseException) -> tuple[str, str]:
+    """(how, text) for an exception out of a TLS handshake; see :class:`TlsHandshakeFailed`."""
+    text = str(exc)
+    if isinstance(exc, TimeoutError):
+        return "timeout", "no TLS handshake within the connect timeout"
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return "certificate", f"the certificate did not verify: {text}"
+    if isinstance(exc, ssl.SSLEOFError | ssl.SSLZeroReturnError | ConnectionError):
+        return "closed", "the server closed the connection during the handshake" + (
+            f" ({text})" if text else ""
+        )
+    if isinstance(exc, ssl.SSLError):
+        reason = exc.reason or ""
+        if "ALERT" in reason.upper():
+            return "alert", f"the server sent a TLS alert: {text}"
+        return "not-tls", f"the server did not answer with TLS: {text}"
+    if isinstance(exc, OSError):
+        return "closed", f"the connection failed during the handshake: {text or type(exc).__name__}"
+    return "other", text or type(exc).__name__
+
+
+class _Protocol(asyncio.StreamReaderProtocol):
+    """asyncio's stream protocol, but a connection lost to an error (a reset) ends the
+    stream like a close: what arrived before it stays readable, then EOF.
+
+    asyncio's own protocol turns a reset into an exception that hides the data still
+    buffered, and a failed write stops the reading, so an answer the server sent just
+    before it reset the connection (an IMAP "* BYE" for a line too long, while the
+    client is still sending) would be lost. On a plain connection the bytes still in
+    the socket's receive buffer are read too, before asyncio closes the socket.
+    """
+
+    def __init__(self, reader: asyncio.StreamReader, loop: asyncio.AbstractEventLoop):
+        super().__init__(reader, loop=loop)
+        self.reader = reader
+        self.lost: BaseException | None = None  # the error the connection was lost to
+        self.plain_socket: Any = None  # the transport's socket while no TLS is in between
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        if transport.get_extra_info("sslcontext") is None:
+            self.plain_socket = transport.get_extra_info("socket")
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if exc is not None:
+            self.lost = exc
+            leftover = self._salvage()
+            if leftover:
+                self.reader.feed_data(leftover)
+        super().connection_lost(None)  # EOF after the data, not an exception instead of it
+
+    def _salvage(self) -> bytes:
+        """What is left in the socket's receive buffer (the socket is still open here)."""
+        sock, self.plain_socket = self.plain_socket, None
+        if sock is None:
+            return b""
+        try:
+            dup = socket.socket(fileno=os.dup(sock.fileno()))
+        except (OSError, ValueError):
+            return b""
+        data = bytearray()
+        with dup:
+            dup.setblocking(False)
+            while len(data) < _SALVAGE_MAX:
+                try:
+                    chunk = dup.recv(65536)
+                except OSError:  # nothing more now (EAGAIN), or the reset itself
+                    break
+                if not chunk:
+                    break
+                data += chunk
+        return bytes(data)
+
+
 class Channel:
     """One TCP (and maybe TLS) connection to a target service."""
 
@@ -96,6 +195,7 @@ class Channel:
         self.transcript = transcript
         self._reader: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None
+        self._protocol: _Protocol | None = None
         self.tls = False
         self.eof = False
 
@@ -114,14 +214,17 @@ class Channel:
         implicit = svc.tls is TlsMode.IMPLICIT
         ctx = target.ssl_context() if implicit else None
         where = f"{svc.host}:{svc.port}" if ":" not in svc.host else f"[{svc.host}]:{svc.port}"
+        loop = asyncio.get_running_loop()
+        reader = asyncio.StreamReader(limit=1 << 20, loop=loop)
+        protocol = _Protocol(reader, loop)
         try:
-            self._reader, self._writer = await asyncio.wait_for(
-                asyncio.open_connection(
+            transport, _ = await asyncio.wait_for(
+                loop.create_connection(
+                    lambda: protocol,
                     svc.host,
                     svc.port,
                     ssl=ctx,
                     server_hostname=(target.server_name or svc.host) if implicit else None,
-                    limit=1 << 20,
                 ),
                 timeout=timeout,
             )
@@ -133,6 +236,8 @@ class Channel:
             raise ConnectFailed(f"{svc.name} at {where}: TLS handshake failed: {exc}") from None
         except OSError as exc:
             raise ConnectFailed(f"{svc.name} at {where}: {exc.strerror or exc}") from None
+        self._reader, self._protocol = reader, protocol
+        self._writer = asyncio.StreamWriter(transport, protocol, reader, loop)
         self.tls = implicit
         self.eof = False
         self.transcript.event(self.name, f"connected to {svc.name} at {where}" + self._tls_note())
@@ -146,9 +251,14 @@ class Channel:
         return f" (TLS {obj.version()}, {obj.cipher()[0]})"
 
     async def start_tls(self) -> None:
-        """Upgrade to TLS in place (STARTTLS / STLS), verifying as the target says."""
-        assert self._writer is not None
+        """Upgrade to TLS in place (STARTTLS / STLS), verifying as the target says.
+
+        Raises:
+            TlsHandshakeFailed: the handshake did not complete (its ``how`` says why).
+        """
+        assert self._writer is not None and self._protocol is not None
         target = self.target
+        self._protocol.plain_socket = None  # from now on the socket carries TLS records
         try:
             await asyncio.wait_for(
                 self._writer.start_tls(
@@ -157,22 +267,43 @@ class Channel:
                 timeout=target.connect_timeout,
             )
         except (ssl.SSLError, OSError, TimeoutError) as exc:
-            self.transcript.event(self.name, f"TLS handshake failed: {exc or type(exc).__name__}")
-            raise ConnectFailed(f"TLS handshake failed: {exc or type(exc).__name__}") from None
+            how, text = _handshake_failure(exc)
+            self.transcript.event(self.name, f"TLS handshake failed: {text}")
+            raise TlsHandshakeFailed(f"TLS handshake failed: {text}", how) from None
+        except AttributeError:  # the connection was gone when the handshake ended
+            if self._writer.transport is not None:
+                raise
+            text = "the connection closed during the handshake"
+            self.transcript.event(self.name, f"TLS handshake failed: {text}")
+            raise TlsHandshakeFailed(f"TLS handshake failed: {text}", "closed") from None
         self.tls = True
         self.transcript.event(
             self.name, "TLS established" + self._tls_note().replace(" (TLS ", " (", 1)
         )
 
     async def send(self, data: bytes) -> None:
-        assert self._writer is not None, "send on a closed channel"
+        """Send bytes.
+
+        Raises:
+            ConnectionError: the connection was lost (closed or reset by the server)
+                before all of them went out; what the server sent before that can still
+                be read.
+        """
+        assert self._writer is not None and self._protocol is not None, "send on a closed channel"
         self.transcript.data(self.name, "C", data)
-        self._writer.write(data)
         try:
+            if self._protocol.lost is not None:
+                raise ConnectionResetError(str(self._protocol.lost) or "connection lost")
+            self._writer.write(data)
             await self._writer.drain()
+            if self._protocol.lost is not None:  # lost while waiting for the buffer to drain
+                raise ConnectionResetError(str(self._protocol.lost) or "connection lost")
         except (ConnectionError, OSError) as exc:
-            self.transcript.event(self.name, f"send failed: {exc}")
-            raise
+            lost = self._protocol.lost
+            self.transcript.event(self.name, f"send failed: {lost or exc}")
+            if isinstance(exc, ConnectionError):
+                raise
+            raise ConnectionResetError(exc.errno, exc.strerror or str(exc)) from exc
 
     async def read(self, timeout: float) -> bytes:
         """Next chunk of bytes; ``b""`` once the server has closed.
@@ -192,6 +323,9 @@ class Channel:
             data = b""
         if not data:
             self.eof = True
+            lost = self._protocol.lost if self._protocol is not None else None
+            if lost is not None:
+                self.transcript.event(self.name, f"connection lost: {lost}")
             self.transcript.event(self.name, "server closed the connection")
         return data
 
@@ -200,6 +334,7 @@ class Channel:
 
     async def close(self) -> None:
         writer, self._writer, self._reader = self._writer, None, None
+        self._protocol = None
         if writer is None:
             return
         self.transcript.event(self.name, "client closed the connection")

@@ -69,6 +69,7 @@ _ANYOF_HINTS = {
     "message": "a message as a string, or {file: PATH}",
     "to": "an address or a list of addresses",
     "rfc": "a reference such as 'RFC 5321 §4.1.4' or a list of them",
+    "tls_handshake": "true, or {or_failed: true}",
 }
 
 
@@ -360,7 +361,7 @@ class _Builder:
         if kind == "starttls":
             return StartTls()
         if kind == "tls_handshake":
-            return TlsHandshake()
+            return TlsHandshake(or_failed=isinstance(value, dict) and bool(value.get("or_failed")))
         if kind == "auth":
             return self.auth((*key, "auth"), value, conn)
         if kind == "sleep":

@@ -76,7 +76,13 @@ class StartTls:
 
 @dataclass(frozen=True)
 class TlsHandshake:
-    """Only the handshake: the scenario sent STARTTLS itself (say, pipelined, to test injection)."""
+    """Only the handshake: the scenario sent STARTTLS itself (say, pipelined, to test injection).
+
+    ``or_failed``: a handshake the server ends (it closes the connection or sends a TLS
+    alert) ends the scenario there, passed.
+    """
+
+    or_failed: bool = False
 
 
 @dataclass(frozen=True)

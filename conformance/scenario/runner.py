@@ -9,7 +9,13 @@ step of a connection checks the greeting itself instead. A step reads a
 response when it has ``expect`` or ``capture``; a bare ``send`` reads nothing,
 which is how pipelining is written. ``starttls`` and ``auth`` run their
 whole exchange and expect success unless the step's ``expect`` says
-otherwise.
+otherwise. A send the server cuts short (it closed or reset the connection)
+does not fail its step: the step's expectation reads what arrived before.
+
+Capabilities for ``requires`` are probed once per service: before and after
+STARTTLS, and for POP3 and IMAP after logging in as the target's first
+account (a failed login keeps what came before). The POP3 probe, like the
+scenarios, takes its turn on the account's maildrop (RFC 1939 §4).
 
 Outbound checks. When the target names a ``sink`` (or one is handed to the
 runner already bound, as for the embedded reference server), the runner
@@ -22,7 +28,9 @@ running side by side address different recipients at the sink.
 Polling (``until``) sends a step's command again every ``every`` seconds
 until its expectation holds or ``within`` runs out; ``or_closed`` lets a
 server close the connection instead of answering (at once, or after a
-refusal), which ends the scenario there, passed.
+refusal), and ``tls_handshake: {or_failed: true}`` lets it end the handshake
+(a close or a TLS alert: RFC 9051 §6.2.1 option 1), which ends the scenario
+there, passed.
 
 Verdicts: ``passed``; ``failed`` (the server did something the scenario
 says it must not, including malformed responses and timeouts);
@@ -47,7 +55,14 @@ from .._yaml import LoadError
 from ..results import ScenarioResult, Status
 from ..sink import Sink, SinkMessage
 from ..targets import SinkSpec, Target, TlsMode
-from ..transport import Channel, ConnectFailed, ReadTimeout, Transcript, show_bytes
+from ..transport import (
+    Channel,
+    ConnectFailed,
+    ReadTimeout,
+    TlsHandshakeFailed,
+    Transcript,
+    show_bytes,
+)
 from ..wire.pop3 import Pop3Response
 from ..wire.smtp import Reply
 from .loader import decode_raw
@@ -225,7 +240,10 @@ class Runner:
         self.scenario_timeout = scenario_timeout
         self.on_result = on_result
         self._caps: dict[str, set[str] | str] = {}
+        self._cap_notes: dict[str, str] = {}  # service -> how its capabilities were probed
         self._cap_locks: dict[str, asyncio.Lock] = {}
+        # account -> lock: RFC 1939 §4, one POP3 session per maildrop (scenarios and probe)
+        self._maildrops: dict[str, asyncio.Lock] = {}
         self._given_sink = sink  # used (started, then stopped) by the first run only
         self._sink_spec: SinkSpec | None = (
             SinkSpec(sink.host, sink.port, sink.domain) if sink is not None else target.sink
@@ -331,7 +349,6 @@ class Runner:
 
     async def _run_all(self, scenarios: list[Scenario], offered: set[str]) -> list[ScenarioResult]:
         gate = asyncio.Semaphore(self.jobs)
-        maildrops: dict[str, asyncio.Lock] = {}
 
         async def one(sc: Scenario) -> ScenarioResult:
             missing = sorted(sc.services() - offered)
@@ -347,14 +364,14 @@ class Runner:
                     rfc=sc.rfc,
                 )
             else:
+                # probed first: a POP3 probe logs in, and takes its maildrop's turn too
+                await self._probe_requirements(sc)
                 async with contextlib.AsyncExitStack() as held:
                     # RFC 1939 §4: a maildrop takes one POP3 session at a time, so
                     # scenarios that log in to the same account take turns (locks
                     # taken in sorted order, so no two scenarios wait on each other).
                     for account in sorted(_pop3_accounts(sc)):
-                        await held.enter_async_context(
-                            maildrops.setdefault(account, asyncio.Lock())
-                        )
+                        await held.enter_async_context(self._maildrop(account))
                     async with gate:
                         result = await self.run_one(sc)
             if self.on_result is not None:
@@ -365,19 +382,40 @@ class Runner:
 
     # -- capabilities ----------------------------------------------------------
 
+    def _maildrop(self, account: str) -> asyncio.Lock:
+        return self._maildrops.setdefault(account, asyncio.Lock())
+
+    @staticmethod
+    def _requirement_protocol(scenario: Scenario, service: str) -> Protocol | None:
+        return next(
+            (c.protocol for c in scenario.connections.values() if c.service == service), None
+        )
+
+    async def _probe_requirements(self, scenario: Scenario) -> None:
+        """Probe the services the scenario's ``requires`` name (a failure is kept for run_one)."""
+        for req in scenario.requires:
+            with contextlib.suppress(SetupFailed):
+                await self.capabilities(
+                    req.service, self._requirement_protocol(scenario, req.service)
+                )
+
     async def capabilities(self, service: str, protocol: Protocol | None = None) -> set[str]:
-        """What ``service`` advertises, before and after STARTTLS (probed once per run).
+        """What ``service`` advertises (probed once per run): before and after STARTTLS,
+        and for POP3 and IMAP after logging in too, when the target has an account.
 
         Raises:
-            StepFailure: if the probe itself fails (the message says how).
+            SetupFailed: if the probe itself fails (the message says how).
         """
-        lock = self._cap_locks.setdefault(service, asyncio.Lock())
-        async with lock:
-            if service not in self._caps:
-                try:
-                    self._caps[service] = await self._probe_capabilities(service, protocol)
-                except (StepFailure, ConnectFailed, OSError) as exc:
-                    self._caps[service] = f"capability probe of service {service!r} failed: {exc}"
+        if service not in self._caps:
+            lock = self._cap_locks.setdefault(service, asyncio.Lock())
+            async with lock:
+                if service not in self._caps:
+                    try:
+                        self._caps[service] = await self._probe_capabilities(service, protocol)
+                    except (StepFailure, ConnectFailed, OSError) as exc:
+                        self._caps[service] = (
+                            f"capability probe of service {service!r} failed: {exc}"
+                        )
         caps = self._caps[service]
         if isinstance(caps, str):
             raise SetupFailed(caps)
@@ -402,9 +440,57 @@ class Runner:
                 if _positive(resp):
                     await session.start_tls()
                     caps |= await self._ask_caps(session, timeout)
+            if not isinstance(session, SmtpSession):
+                caps |= await self._caps_after_login(service, session, timeout)
         finally:
             await channel.close()
         return caps
+
+    async def _caps_after_login(self, service: str, session: Session, timeout: float) -> set[str]:
+        """Log in as the target's first account and ask again. IMAP servers such as Dovecot
+        list MOVE, UIDPLUS, CONDSTORE... only once logged in (RFC 3501 §6.2.3: a server MAY
+        send its capabilities with LOGIN's OK, and they may differ); RFC 2449 §5 lets POP3
+        servers announce more after login. A login that fails, or no account, leaves the
+        capabilities from before login, and a note for the "not applicable" message."""
+        if not self.target.accounts:
+            self._cap_notes[service] = "asked before login only: the target has no account"
+            return set()
+        name, account = next(iter(self.target.accounts.items()))
+        before = session.capabilities
+        mechanism, initial = "native", True
+        if isinstance(session, ImapSession) and "LOGINDISABLED" in before:
+            # RFC 9051 §6.2.3: LOGIN is refused; AUTHENTICATE PLAIN as scenarios' auth does
+            mechanism, initial = "PLAIN", "SASL-IR" in before
+            if "AUTH=PLAIN" not in before:
+                self._cap_notes[service] = (
+                    "asked before login only: LOGINDISABLED and no AUTH=PLAIN, so the probe "
+                    "did not log in"
+                )
+                return set()
+        elif isinstance(session, Pop3Session) and "USER" not in before and "SASL=PLAIN" in before:
+            mechanism = "PLAIN"  # RFC 5034 §4: AUTH PLAIN with an initial response
+        pop3 = isinstance(session, Pop3Session)
+        async with self._maildrop(name) if pop3 else contextlib.nullcontext():
+            try:
+                resp = await session.authenticate(  # type: ignore[attr-defined]
+                    mechanism, account.username, account.password, initial, timeout
+                )
+                if not _positive(resp):
+                    self._cap_notes[service] = (
+                        f"asked before login only: the probe's login as {name!r} failed: "
+                        f"{_show(resp)}"
+                    )
+                    return set()
+                after = await self._ask_caps(session, timeout)
+                with contextlib.suppress(StepFailure, OSError):
+                    await session.command("QUIT" if pop3 else "LOGOUT", timeout)  # type: ignore[attr-defined]
+            except (StepFailure, OSError) as exc:
+                self._cap_notes[service] = (
+                    f"asked before login only: the probe's login as {name!r} failed: {exc}"
+                )
+                return set()
+        self._cap_notes[service] = f"asked before and after logging in as {name!r}"
+        return after
 
     async def _ask_caps(self, session: Session, timeout: float) -> set[str]:
         if isinstance(session, SmtpSession):
@@ -443,14 +529,14 @@ class Runner:
             return result
         try:
             for req in scenario.requires:
-                protocol = next(
-                    (c.protocol for c in scenario.connections.values() if c.service == req.service),
-                    None,
-                )
+                protocol = self._requirement_protocol(scenario, req.service)
                 caps = await self.capabilities(req.service, protocol)
                 if req.capability not in caps:
                     result.status = Status.NOT_APPLICABLE
                     result.message = f"service {req.service!r} does not advertise {req.capability}"
+                    note = self._cap_notes.get(req.service)
+                    if note:
+                        result.message += f" ({note})"
                     return result
             await asyncio.wait_for(self._execute(ex), timeout=deadline)
         except ScenarioEnded as exc:
@@ -560,7 +646,7 @@ class Runner:
         if isinstance(action, Send):
             await self._send(ex, session, action)
         elif isinstance(action, Data):
-            await session.channel.send(dot_stuff(action.body.render(ex.values)))
+            await self._write(session, dot_stuff(action.body.render(ex.values)))
         elif isinstance(action, StartTls):
             resp = await session.starttls_command(timeout)
             self._judge(ex, step, resp, default_ok=True)
@@ -568,7 +654,26 @@ class Runner:
                 await session.start_tls()
             return
         elif isinstance(action, TlsHandshake):
-            await session.start_tls()
+            try:
+                await session.start_tls()
+            except TlsHandshakeFailed as exc:
+                if action.or_failed and exc.how in ("closed", "alert"):
+                    raise ScenarioEnded(
+                        f"the TLS handshake on connection {conn.name!r} failed at step "
+                        f"{step.index + 1} ({str(exc).removeprefix('TLS handshake failed: ')}), "
+                        "which or_failed allows; the steps after that did not run"
+                    ) from None
+                if action.or_failed:
+                    hint = (
+                        " (bytes in cleartext here may answer what was sent after STARTTLS)"
+                        if exc.how == "not-tls"
+                        else ""
+                    )
+                    raise StepFailure(
+                        f"{exc}{hint}; or_failed allows a handshake the server ends by closing "
+                        "the connection or with a TLS alert, not this"
+                    ) from None
+                raise
             return
         elif isinstance(action, Auth):
             resp = await session.authenticate(  # type: ignore[attr-defined]
@@ -589,7 +694,19 @@ class Runner:
         else:
             data = action.text.render(ex.values).encode("utf-8", errors="surrogateescape") + b"\r\n"
         session.note_sent(data)
-        await session.channel.send(data)
+        await self._write(session, data)
+
+    @staticmethod
+    async def _write(session: Session, data: bytes) -> None:
+        """Send; a connection the server closed or reset meanwhile does not fail the step by
+        itself: the step's expectation reads what the server sent before (an answer, a BYE,
+        or the close, which ``or_closed`` may allow)."""
+        try:
+            await session.channel.send(data)
+        except ConnectionError:
+            session.channel.transcript.event(
+                session.channel.name, "the step goes on to read what the server sent"
+            )
 
     async def _poll(
         self, ex: _Execution, session: Session, step: Step, action: Send, timeout: float

@@ -149,7 +149,16 @@ _step: dict[str, Any] = {
         "repeat": {"type": "integer", "minimum": 1, "maximum": 64 * 1024 * 1024},
         "data": _message,
         "starttls": {"const": True},
-        "tls_handshake": {"const": True},
+        "tls_handshake": {
+            "anyOf": [
+                {"const": True},
+                {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "properties": {"or_failed": {"const": True}},
+                },
+            ]
+        },
         "auth": _auth,
         "sleep": _nonneg,
         "close": {"const": True},

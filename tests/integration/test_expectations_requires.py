@@ -156,6 +156,8 @@ def test_imap_capability_from_the_greeting_runs_the_scenario(tmp_path):
                 conn.send(b"* CAPABILITY IMAP4rev2 IDLE\r\n" + tag + b" OK done\r\n")
             elif command.upper() == b"IDLE":
                 conn.sendline("+ idling")
+            else:  # the probe's LOGIN
+                conn.send(tag + b" NO not here\r\n")
 
     steps = """
     - send: a1 IDLE
