@@ -11,24 +11,17 @@ on delivery (an MSA that rewraps base64, strips the eighth bit, or keeps stuffed
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import functools
 import quopri
 import re
 from collections.abc import Callable
-from pathlib import Path
-from typing import Any
 
 import pytest
-import yaml
-from breaking_support import SHIPPED, TARGET, run_breaking
-from scripted import ScriptConn, ScriptedServer, TestCerts
+from breaking_support import SHIPPED, run_breaking, run_scenario
+from scripted import ScriptConn
 from toymail import Refused, ToyImap, ToyMail, _parens, _text
 
-from conformance.results import ScenarioResult, Status
-from conformance.scenario.runner import Runner
-from conformance.targets import load_target
+from conformance.results import Status
 from reference_server.imap.message import ParsedMessage, Section
 
 Handler = Callable[[ScriptConn], None]
@@ -320,24 +313,9 @@ def test_fails_on_the_broken_rule(scenario_id, tmp_path, test_certs):
     run_breaking(scenario_id, handler, phrase, tmp_path, test_certs)
 
 
-def _run(
-    scenario_id: str, handlers: dict[str, Handler], tmp: Path, certs: TestCerts
-) -> ScenarioResult:
-    sc = SHIPPED[scenario_id]
-    with contextlib.ExitStack() as stack:
-        services: dict[str, dict[str, Any]] = {}
-        for name in sc.services():
-            srv = stack.enter_context(ScriptedServer(handlers[name], certs=certs))
-            services[name] = {"port": srv.port, "tls": "starttls"}
-        target = dict(TARGET, services=services)
-        target["tls"] = {"verify": True, "ca_file": str(certs.ca_file)}
-        (tmp / "t.yaml").write_text(yaml.safe_dump(target))
-        return asyncio.run(Runner(load_target(tmp / "t.yaml")).run_one(sc))
-
-
 @pytest.mark.parametrize("scenario_id", sorted(CASES))
 def test_the_unbroken_toy_passes(scenario_id, tmp_path, test_certs):
     """The toy the cases start from passes every MIME scenario, so each failure above comes
     from the one thing its case breaks."""
-    result = _run(scenario_id, mime_toy(), tmp_path, test_certs)
+    result = run_scenario(SHIPPED[scenario_id], mime_toy(), tmp_path, test_certs)
     assert result.status is Status.PASSED, (result.message, result.transcript[-20:])
