@@ -63,7 +63,6 @@ from ..transport import (
     Transcript,
     show_bytes,
 )
-from ..wire.pop3 import Pop3Response
 from ..wire.smtp import Reply
 from .loader import decode_raw
 from .match import check, message_octets
@@ -83,9 +82,10 @@ from .model import (
     Step,
     TlsHandshake,
 )
+from .probe import CapabilityProbe, SetupFailed
+from .responses import positive, refusal, show_response
 from .sessions import (
     Closed,
-    ImapExchange,
     ImapSession,
     Pop3Session,
     Session,
@@ -115,10 +115,6 @@ _NO_SINK = (
 
 class TargetUnreachable(Exception):
     """A service the scenarios need does not accept connections (exit code 3)."""
-
-
-class SetupFailed(Exception):
-    """The scenario's setup could not be done; the scenario cannot be judged."""
 
 
 class ScenarioEnded(Exception):
@@ -168,38 +164,6 @@ def dot_stuff(text: str) -> bytes:
     return out + b".\r\n"
 
 
-def _positive(resp: object) -> bool:
-    if isinstance(resp, Reply):
-        return 200 <= resp.code < 400
-    if isinstance(resp, Pop3Response):
-        return resp.ok
-    if isinstance(resp, ImapExchange):
-        if resp.tagged is not None:
-            return resp.tagged.status == "OK"
-        return bool(resp.untagged) and resp.untagged[0].keyword in ("OK", "PREAUTH")
-    return False
-
-
-def _refusal(resp: object) -> bool:
-    """A negative answer: SMTP 4xx/5xx, POP3 -ERR, IMAP NO/BAD or an untagged BYE."""
-    if isinstance(resp, Reply):
-        return resp.code >= 400
-    if isinstance(resp, Pop3Response):
-        return not resp.ok
-    if isinstance(resp, ImapExchange):
-        if resp.tagged is not None and resp.tagged.status in ("NO", "BAD"):
-            return True
-        return any(u.keyword == "BYE" for u in resp.untagged)
-    return False
-
-
-def _show(resp: object) -> str:
-    if isinstance(resp, Closed):
-        return "the connection closed"
-    text = response_text(resp).splitlines()
-    return repr(text[-1] if isinstance(resp, ImapExchange) and text else (text[0] if text else ""))
-
-
 @dataclass
 class _Execution:
     """State of one scenario run."""
@@ -239,11 +203,9 @@ class Runner:
         self.jobs = max(1, jobs)
         self.scenario_timeout = scenario_timeout
         self.on_result = on_result
-        self._caps: dict[str, set[str] | str] = {}
-        self._cap_notes: dict[str, str] = {}  # service -> how its capabilities were probed
-        self._cap_locks: dict[str, asyncio.Lock] = {}
         # account -> lock: RFC 1939 §4, one POP3 session per maildrop (scenarios and probe)
         self._maildrops: dict[str, asyncio.Lock] = {}
+        self._probe = CapabilityProbe(target, self._maildrop)
         self._given_sink = sink  # used (started, then stopped) by the first run only
         self._sink_spec: SinkSpec | None = (
             SinkSpec(sink.host, sink.port, sink.domain) if sink is not None else target.sink
@@ -400,106 +362,12 @@ class Runner:
                 )
 
     async def capabilities(self, service: str, protocol: Protocol | None = None) -> set[str]:
-        """What ``service`` advertises (probed once per run): before and after STARTTLS,
-        and for POP3 and IMAP after logging in too, when the target has an account.
+        """What ``service`` advertises (see :class:`~.probe.CapabilityProbe`).
 
         Raises:
             SetupFailed: if the probe itself fails (the message says how).
         """
-        if service not in self._caps:
-            lock = self._cap_locks.setdefault(service, asyncio.Lock())
-            async with lock:
-                if service not in self._caps:
-                    try:
-                        self._caps[service] = await self._probe_capabilities(service, protocol)
-                    except (StepFailure, ConnectFailed, OSError) as exc:
-                        self._caps[service] = (
-                            f"capability probe of service {service!r} failed: {exc}"
-                        )
-        caps = self._caps[service]
-        if isinstance(caps, str):
-            raise SetupFailed(caps)
-        return caps
-
-    async def _probe_capabilities(self, service: str, protocol: Protocol | None) -> set[str]:
-        svc = self.target.services[service]
-        timeout = self.target.read_timeout
-        channel = Channel(f"probe-{service}", svc, self.target, Transcript())
-        await channel.open()
-        protocol = protocol or _guess_protocol(service, svc.port)
-        session = make_session(protocol, channel)
-        caps: set[str] = set()
-        try:
-            greeting = await session.read_greeting(timeout)
-            if not _positive(greeting):
-                raise StepFailure(f"greeting was not positive: {_show(greeting)}")
-            caps |= session.capabilities
-            caps |= await self._ask_caps(session, timeout)
-            if svc.tls is TlsMode.STARTTLS and caps & {"STARTTLS", "STLS"}:
-                resp = await session.starttls_command(timeout)
-                if _positive(resp):
-                    await session.start_tls()
-                    caps |= await self._ask_caps(session, timeout)
-            if not isinstance(session, SmtpSession):
-                caps |= await self._caps_after_login(service, session, timeout)
-        finally:
-            await channel.close()
-        return caps
-
-    async def _caps_after_login(self, service: str, session: Session, timeout: float) -> set[str]:
-        """Log in as the target's first account and ask again. IMAP servers such as Dovecot
-        list MOVE, UIDPLUS, CONDSTORE... only once logged in (RFC 3501 §6.2.3: a server MAY
-        send its capabilities with LOGIN's OK, and they may differ); RFC 2449 §5 lets POP3
-        servers announce more after login. A login that fails, or no account, leaves the
-        capabilities from before login, and a note for the "not applicable" message."""
-        if not self.target.accounts:
-            self._cap_notes[service] = "asked before login only: the target has no account"
-            return set()
-        name, account = next(iter(self.target.accounts.items()))
-        before = session.capabilities
-        mechanism, initial = "native", True
-        if isinstance(session, ImapSession) and "LOGINDISABLED" in before:
-            # RFC 9051 §6.2.3: LOGIN is refused; AUTHENTICATE PLAIN as scenarios' auth does
-            mechanism, initial = "PLAIN", "SASL-IR" in before
-            if "AUTH=PLAIN" not in before:
-                self._cap_notes[service] = (
-                    "asked before login only: LOGINDISABLED and no AUTH=PLAIN, so the probe "
-                    "did not log in"
-                )
-                return set()
-        elif isinstance(session, Pop3Session) and "USER" not in before and "SASL=PLAIN" in before:
-            mechanism = "PLAIN"  # RFC 5034 §4: AUTH PLAIN with an initial response
-        pop3 = isinstance(session, Pop3Session)
-        async with self._maildrop(name) if pop3 else contextlib.nullcontext():
-            try:
-                resp = await session.authenticate(  # type: ignore[attr-defined]
-                    mechanism, account.username, account.password, initial, timeout
-                )
-                if not _positive(resp):
-                    self._cap_notes[service] = (
-                        f"asked before login only: the probe's login as {name!r} failed: "
-                        f"{_show(resp)}"
-                    )
-                    return set()
-                after = await self._ask_caps(session, timeout)
-                with contextlib.suppress(StepFailure, OSError):
-                    await session.command("QUIT" if pop3 else "LOGOUT", timeout)  # type: ignore[attr-defined]
-            except (StepFailure, OSError) as exc:
-                self._cap_notes[service] = (
-                    f"asked before login only: the probe's login as {name!r} failed: {exc}"
-                )
-                return set()
-        self._cap_notes[service] = f"asked before and after logging in as {name!r}"
-        return after
-
-    async def _ask_caps(self, session: Session, timeout: float) -> set[str]:
-        if isinstance(session, SmtpSession):
-            await session.ehlo(timeout)
-        elif isinstance(session, Pop3Session):
-            await session.capa(timeout)
-        elif isinstance(session, ImapSession):
-            await session.capability(timeout)
-        return set(session.capabilities)
+        return await self._probe.capabilities(service, protocol)
 
     # -- one scenario ----------------------------------------------------------
 
@@ -534,7 +402,7 @@ class Runner:
                 if req.capability not in caps:
                     result.status = Status.NOT_APPLICABLE
                     result.message = f"service {req.service!r} does not advertise {req.capability}"
-                    note = self._cap_notes.get(req.service)
+                    note = self._probe.notes.get(req.service)
                     if note:
                         result.message += f" ({note})"
                     return result
@@ -637,8 +505,10 @@ class Runner:
                 await self._expect(ex, session, step, timeout, greeting=True)
                 return
             greeting = await session.read_greeting(timeout)
-            if not _positive(greeting):
-                raise StepFailure(f"greeting on {conn.name!r} was not positive: {_show(greeting)}")
+            if not positive(greeting):
+                raise StepFailure(
+                    f"greeting on {conn.name!r} was not positive: {show_response(greeting)}"
+                )
         action = step.action
         if isinstance(action, Send) and step.until is not None:
             await self._poll(ex, session, step, action, timeout)
@@ -650,7 +520,7 @@ class Runner:
         elif isinstance(action, StartTls):
             resp = await session.starttls_command(timeout)
             self._judge(ex, step, resp, default_ok=True)
-            if _positive(resp):
+            if positive(resp):
                 await session.start_tls()
             return
         elif isinstance(action, TlsHandshake):
@@ -778,7 +648,7 @@ class Runner:
         """``or_closed``: a close instead of the response, or a refusal then a close."""
         if isinstance(resp, Closed):
             raise self._ended(session, step, "instead of answering")
-        if not _refusal(resp):
+        if not refusal(resp):
             return
         if self._problems(ex, step, resp, default_ok=False):
             # not the answer expected, but a refusal: acceptable only if the server closes now
@@ -811,10 +681,12 @@ class Runner:
         resp = await self._read(ex, session, Expectation(), timeout, greeting=False)
         if isinstance(resp, Closed):
             raise self._ended(session, step, "instead of staying silent")
-        if _refusal(resp) and await self._closes(session, timeout):
+        if refusal(resp) and await self._closes(session, timeout):
             raise self._ended(session, step, "after refusing")
         raw = getattr(resp, "raw", None)
-        shown = repr(raw.decode("utf-8", "replace").split("\r\n")[0]) if raw else _show(resp)
+        shown = (
+            repr(raw.decode("utf-8", "replace").split("\r\n")[0]) if raw else show_response(resp)
+        )
         raise StepFailure(
             f"expected silence for {seconds:g}s, but the server sent {shown} "
             "(and did not close the connection, which or_closed would allow)"
@@ -849,7 +721,7 @@ class Runner:
         if step.expect is not None:
             return check(step.expect, resp, ex.values)
         if default_ok:
-            return [] if _positive(resp) else [f"expected success, got {_show(resp)}"]
+            return [] if positive(resp) else [f"expected success, got {show_response(resp)}"]
         if isinstance(resp, Closed):
             return ["expected a response, but the server closed the connection"]
         return []
@@ -949,7 +821,9 @@ class Runner:
 
             async def ok(resp: object, what: str, codes: tuple[int, ...]) -> None:
                 if not isinstance(resp, Reply) or resp.code not in codes:
-                    raise SetupFailed(f"setup delivery via {d.via!r}: {what} got {_show(resp)}")
+                    raise SetupFailed(
+                        f"setup delivery via {d.via!r}: {what} got {show_response(resp)}"
+                    )
 
             await ok(await smtp.read_greeting(timeout), "greeting", (220,))
             await ok(await smtp.ehlo(timeout), "EHLO", (250,))
@@ -1066,13 +940,3 @@ def _pop3_accounts(scenario: Scenario) -> set[str]:
                 if kind == "account":
                     names.add(rest.partition(".")[0])
     return names
-
-
-def _guess_protocol(service: str, port: int) -> Protocol:
-    """The protocol a service speaks, from its conventional name or port."""
-    name = service.lower()
-    if name.startswith("pop") or port in (110, 995):
-        return Protocol.POP3
-    if name.startswith("imap") or port in (143, 993):
-        return Protocol.IMAP
-    return Protocol.SMTP
