@@ -21,6 +21,7 @@ from pathlib import Path
 
 import click
 
+from conformance.cli_fuzz import fuzz
 from conformance.cli_queue import queue
 from conformance.cli_report import report, requirements
 from reference_server.app import MailServer, serve_until_signal
@@ -554,6 +555,7 @@ def _describe_target(target: Target) -> dict[str, object]:
 main.add_command(queue)
 main.add_command(report)
 main.add_command(requirements)
+main.add_command(fuzz)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,0 +1,125 @@
+"""A shrunk finding as a scenario file that replays it (docs/scenario-format.md).
+
+Each step of the dialogue becomes a ``send`` (printable lines), ``send_raw``
+(lines with NUL, 8-bit bytes, bare CR/LF, escaped) or ``data`` step, with the
+``expect`` the model had at that step, so that ``mailharness run FILE`` fails
+against the server that showed the bug and passes against one that answers
+within the model. A hang gets the step ``timeout`` the fuzzer used. Target
+addresses are written as ``{account.NAME.address}`` so the file works against
+other targets too.
+
+The file name is the finding's kind plus a hash of its shrunk form (the bytes sent),
+so the same finding found twice is written once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from conformance.fuzz.dialogue import Finding, ProtocolFuzz, Send
+from conformance.targets import Target
+
+__all__ = ["finding_id", "scenario_for", "write_finding"]
+
+
+def finding_id(proto: ProtocolFuzz, finding: Finding) -> str:
+    digest = hashlib.sha256(b"\0".join(finding.shrunk_form())).hexdigest()[:10]
+    return f"fuzz.{proto.name}.{finding.kind}.{digest}"
+
+
+def _braces(text: str) -> str:
+    return text.replace("{", "{{").replace("}", "}}")
+
+
+def _variables(text: str, target: Target) -> str:
+    for acc in target.accounts.values():
+        text = text.replace(acc.address, f"{{account.{acc.name}.address}}")
+    return text
+
+
+def _escape_raw(data: bytes) -> str:
+    out = []
+    for byte in data:
+        ch = chr(byte)
+        if ch == "\\":
+            out.append("\\\\")
+        elif ch == "\r":
+            out.append("\\r")
+        elif ch == "\n":
+            out.append("\\n")
+        elif ch == "\t":
+            out.append("\\t")
+        elif byte == 0:
+            out.append("\\0")
+        elif 0x20 <= byte < 0x7F:
+            out.append(ch)
+        else:
+            out.append(f"\\x{byte:02x}")
+    return "".join(out)
+
+
+def _action(send: Send, target: Target) -> dict[str, Any]:
+    if send.kind == "data":
+        return {"data": _braces(send.text)}
+    line = send.wire[:-2] if send.wire.endswith(b"\r\n") else send.wire
+    printable = all(0x20 <= b < 0x7F for b in line) and line and line.strip() == line
+    if printable:
+        return {"send": _variables(_braces(line.decode("ascii")), target)}
+    return {"send_raw": _variables(_braces(_escape_raw(send.wire)), target)}
+
+
+def scenario_for(
+    proto: ProtocolFuzz, finding: Finding, target: Target, service: str, *, deadline: float
+) -> dict[str, Any]:
+    """The scenario document (a dict) that replays ``finding``."""
+    steps: list[dict[str, Any]] = []
+    records = finding.records
+    last = records[-1]
+    for rec in records:
+        if rec.send.verb == "(greeting)":
+            steps.append({"expect": proto.expect_yaml(rec.expectation)})
+            continue
+        step = _action(rec.send, target)
+        step["expect"] = proto.expect_yaml(rec.expectation)
+        if rec is last and finding.kind == "hang":
+            step["timeout"] = deadline
+        if rec is last and finding.kind == "no-close":
+            step["expect"] = {**step["expect"], "closed": True}
+        step["note"] = f"state {rec.state}; fuzzer saw: {rec.outcome}"[:300]
+        steps.append(step)
+    return {
+        "id": finding_id(proto, finding),
+        "protocol": proto.name,
+        "service": service,
+        "title": f"fuzz: {finding.kind}: {finding.message}"[:200],
+        "tags": ["fuzz", proto.name, finding.kind],
+        "description": (
+            f"Found by `mailharness fuzz` and shrunk to this dialogue. At the last step "
+            f"the model expected: {last.expectation.why}. The server: {last.outcome}."
+        ),
+        "steps": steps,
+    }
+
+
+def write_finding(
+    proto: ProtocolFuzz,
+    finding: Finding,
+    target: Target,
+    service: str,
+    out_dir: Path,
+    *,
+    deadline: float,
+) -> tuple[Path, bool]:
+    """Write the scenario for ``finding`` under ``out_dir``; (path, newly written)."""
+    doc = scenario_for(proto, finding, target, service, deadline=deadline)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / f"{doc['id']}.yaml"
+    if path.exists():
+        return path, False
+    text = yaml.safe_dump(doc, sort_keys=False, allow_unicode=False, width=100)
+    path.write_text(text, encoding="utf-8")
+    return path, True
