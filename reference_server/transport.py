@@ -57,6 +57,9 @@ class Connection(asyncio.BufferedProtocol):
         self.transport: asyncio.Transport | None = None
         self.peer: tuple[str, int] = ("", 0)
         self.tls = False
+        # False when the transport cannot carry TLS (the in-memory pipe of
+        # reference_server.memory): sessions then neither offer nor accept STARTTLS/STLS
+        self.can_start_tls = True
         self._inbox = bytearray()
         self._rbuf = memoryview(bytearray(65536))
         self._eof = False

@@ -125,11 +125,17 @@ class ImapSession:
         """Whether passwords may be sent now (RFC 9051 §6.2.3, LOGINDISABLED)."""
         return self.conn.tls or self.settings.plaintext_auth
 
+    @property
+    def starttls_offered(self) -> bool:
+        return (
+            self.listener.tls_mode == "starttls" and not self.conn.tls and self.conn.can_start_tls
+        )
+
     def capabilities(self) -> list[str]:
         caps = list(BASE_CAPABILITIES)
         caps.append(f"APPENDLIMIT={self.settings.max_literal}")  # RFC 7889
         if self.state is State.NOT_AUTHENTICATED:
-            if self.listener.tls_mode == "starttls" and not self.conn.tls:
+            if self.starttls_offered:
                 caps.append("STARTTLS")
             caps.append("AUTH=PLAIN" if self.login_allowed else "LOGINDISABLED")
         return caps
@@ -311,7 +317,7 @@ class ImapSession:
     # -- not authenticated ------------------------------------------------------------------
 
     async def _starttls(self, cmd: ParsedCommand) -> None:
-        if self.conn.tls or self.listener.tls_mode != "starttls":
+        if not self.starttls_offered:
             self.bad(cmd.tag, "STARTTLS is not offered here (TLS is active or not configured)")
             return
         assert self.server.tls_context is not None

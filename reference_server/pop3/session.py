@@ -94,7 +94,9 @@ class Pop3Session:
 
     @property
     def stls_offered(self) -> bool:
-        return self.listener.tls_mode == "starttls" and not self.conn.tls
+        return (
+            self.listener.tls_mode == "starttls" and not self.conn.tls and self.conn.can_start_tls
+        )
 
     def capabilities(self) -> list[str]:
         """The CAPA list (RFC 2449 §5); the same in both states, as §5 requires."""
@@ -295,7 +297,7 @@ class Pop3Session:
     async def _stls(self, cmd: Pop3Command) -> bytes:
         if self.conn.tls:
             return _err("TLS is already active (RFC 2595 §4)")
-        if self.listener.tls_mode != "starttls" or self.server.tls_context is None:
+        if not self.stls_offered or self.server.tls_context is None:
             return _err("STLS is not offered here")
         if cmd.arg:
             return _err("STLS takes no arguments")

@@ -75,7 +75,7 @@ async def ehlo(session: SmtpSession, cmd: Command) -> Reply:
         "SMTPUTF8",
         "ENHANCEDSTATUSCODES",
     ]
-    if session.server.tls_context is not None and not session.tls:
+    if session.server.tls_context is not None and not session.tls and session.conn.can_start_tls:
         lines.append("STARTTLS")
     if session.listener.offers_auth and session.tls:
         lines.append("AUTH PLAIN LOGIN")
@@ -97,7 +97,7 @@ async def starttls(session: SmtpSession, cmd: Command) -> Reply:
         return _reply(501, "5.5.4", "STARTTLS takes no parameters (RFC 3207 §4)")
     if session.tls:
         return _reply(503, "5.5.1", "TLS is already active (RFC 3207 §4.2)")
-    if session.server.tls_context is None:
+    if session.server.tls_context is None or not session.conn.can_start_tls:
         return _reply(502, "5.5.1", "STARTTLS is not offered here")
     session.after = After.START_TLS
     return _reply(220, "2.0.0", "ready to start TLS")
