@@ -10,23 +10,37 @@ replay the dialogue and state the expectation that failed.
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from hypothesis.strategies import SearchStrategy
 
-from conformance.targets import Target
+from conformance.targets import Account, Target
 
 __all__ = [
+    "Answer",
+    "AnswerClosed",
+    "AnswerMalformed",
+    "AnswerTimeout",
     "Expectation",
     "Finding",
+    "Login",
+    "LoginFailed",
     "ProtocolFuzz",
     "Reader",
     "Send",
     "SessionModel",
     "StepRecord",
+    "Violation",
 ]
+
+#: An answer's class as a model judges it: an SMTP reply code (``250``), a POP3
+#: status (``"+OK"`` / ``"-ERR"``), an IMAP tagged status (``"OK"`` / ``"NO"`` /
+#: ``"BAD"``), or a protocol's own marker (``"+"``: a continuation request;
+#: ``"BYE"``: an IMAP ``* BYE`` followed by the close).
+Answer = int | str
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -47,23 +61,25 @@ class Send:
     terminal: bool = False
     kind: str = "line"
     text: str = ""  # for kind == "data": the message as a scenario's data: step writes it
+    tag: str = ""  # IMAP: the tag whose tagged response answers this send ("" = none valid)
 
 
 @dataclass(frozen=True, kw_only=True)
 class Expectation:
     """The answers the model allows for one step.
 
-    ``codes`` is the protocol's set of acceptable answer codes (SMTP reply codes);
+    ``codes`` is the protocol's set of acceptable answers (:data:`Answer`: SMTP
+    reply codes, POP3 ``+OK``/``-ERR``, IMAP ``OK``/``NO``/``BAD``);
     ``closes`` means the server must close after answering, ``may_close`` that it
     may close instead of (or after) answering. ``why`` names the rule, with its RFC.
     """
 
-    codes: frozenset[int]
+    codes: frozenset[Answer]
     why: str
     closes: bool = False
     may_close: bool = False
 
-    def accepts(self, code: int) -> bool:
+    def accepts(self, code: Answer) -> bool:
         return code in self.codes
 
 
@@ -75,6 +91,7 @@ class StepRecord:
     expectation: Expectation
     outcome: str  # "reply 250 ...", "closed", "timeout", "malformed: ..."
     state: str  # the model's state before the step
+    extra_expect: dict[str, Any] = field(default_factory=dict)  # a Violation's scenario check
 
 
 class Finding(Exception):
@@ -112,6 +129,59 @@ class NoClose(Finding):
     kind = "no-close"
 
 
+class Inconsistent(Finding):
+    """The answer had the right status, but its data broke a session invariant."""
+
+    kind = "inconsistent"
+
+
+class Violation(Exception):
+    """Raised by a model's ``observe``: the answer's data breaks an invariant.
+
+    ``expect`` is the scenario expectation (extra keys such as ``untagged_absent``)
+    that fails on exactly this answer, so the written scenario replays the finding.
+    """
+
+    def __init__(self, message: str, expect: dict[str, Any]) -> None:
+        super().__init__(message)
+        self.message = message
+        self.expect = expect
+
+
+@dataclass(frozen=True, kw_only=True)
+class Login:
+    """The fixed prefix of every dialogue: STARTTLS (when ``starttls``), then a login.
+
+    ``context`` is the target's client TLS context and ``server_name`` the name it
+    checks; ``account`` is ``None`` for a prefix of STARTTLS alone.
+    """
+
+    account: Account | None
+    starttls: bool
+    context: ssl.SSLContext | None = None
+    server_name: str = ""
+
+
+class LoginFailed(ConnectionError):
+    """The prefix (STARTTLS or the login) failed: not a finding, the run cannot go on."""
+
+
+class AnswerClosed(Exception):
+    """Raised by a reader's ``next_event``: the server closed the connection."""
+
+
+class AnswerTimeout(Exception):
+    """Raised by ``next_event``: nothing (more) arrived within the deadline."""
+
+
+class AnswerMalformed(Exception):
+    """Raised by ``next_event``: the strict reader refused what arrived."""
+
+
+def _one_event(next_event: Callable[[], Any], send: Send) -> Any:
+    return next_event()
+
+
 class Reader(Protocol):
     """A sans-IO reply reader from conformance.wire (receive_data / next_event)."""
 
@@ -131,8 +201,14 @@ class SessionModel(Protocol):
 
     def expect(self, send: Send) -> Expectation: ...
 
-    def observe(self, send: Send, code: int) -> Send | None:
-        """Learn from the answer; return what must be sent next (message data), if any."""
+    def observe(self, send: Send, code: Answer, answer: Any = None) -> Send | None:
+        """Learn from the answer; return what must be sent next (message data), if any.
+
+        ``answer`` is the protocol's whole answer (``read_answer``'s result).
+
+        Raises:
+            Violation: the answer's data breaks an invariant of the session.
+        """
         ...
 
 
@@ -145,7 +221,22 @@ class ProtocolFuzz:
     commands: Callable[[Target], SearchStrategy[list[Send]]]
     new_model: Callable[[], SessionModel]
     new_reader: Callable[[], Reader]
-    code_of: Callable[[Any], int]  # an event of the reader -> its answer code
-    describe: Callable[[Any], str]  # an event of the reader -> one line for transcripts
-    expect_yaml: Callable[[Expectation], dict[str, Any]]  # for the scenario writer
+    code_of: Callable[[Any], Answer]  # an answer -> its class for the model
+    describe: Callable[[Any], str]  # an answer -> one line for transcripts
+    expect_yaml: Callable[[Expectation, Send], dict[str, Any]]  # for the scenario writer
     verbs: tuple[str, ...] = field(default=())
+    #: reads one whole answer to ``send`` with ``next_event`` (which raises the
+    #: ``Answer*`` exceptions); SMTP and POP3: one event, IMAP: up to the tagged response
+    read_answer: Callable[[Callable[[], Any], Send], Any] = _one_event
+    #: called with the reader before ``send`` goes out (POP3 declares the answer's shape)
+    prepare: Callable[[Any, Send], None] | None = None
+    greeting_ok: Callable[[Answer], bool] = lambda code: code == 220
+    #: answers after which the server closes and nothing more is judged (SMTP 421)
+    final: frozenset[Answer] = frozenset({421})
+    #: answers that must be followed by a close (SMTP 221, RFC 5321 §4.2.2)
+    closing: frozenset[Answer] = frozenset({221})
+    #: the login prefix as sends (each must succeed, see ``succeeded``; a send whose
+    #: verb is ``STARTTLS`` is followed by the TLS handshake) and as scenario steps
+    login_sends: Callable[[Login], list[Send]] = lambda login: []
+    login_steps: Callable[[Login], list[dict[str, Any]]] = lambda login: []
+    succeeded: Callable[[Answer], bool] = lambda code: isinstance(code, int) and code < 400

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 from hypothesis import HealthCheck, Phase, given, seed, settings
 
-from conformance.fuzz.dialogue import Finding, ProtocolFuzz, Send
+from conformance.fuzz.dialogue import Finding, Login, ProtocolFuzz, Send
 from conformance.fuzz.oracle import DialogueStats, run_dialogue
 from conformance.targets import Service, Target
 
@@ -57,6 +57,7 @@ def fuzz(
     time_budget: float | None = None,
     deadline: float = 2.0,
     progress: Callable[[DialogueStats], None] | None = None,
+    login: Login | None = None,
 ) -> FuzzReport:
     """Fuzz one service; return the shrunk findings (de-duplicated by the caller's writer).
 
@@ -68,12 +69,25 @@ def fuzz(
             skipped without a connection); shrinking of a finding already made
             still completes.
         deadline: seconds a server has for each answer (the hang oracle).
+        login: the prefix played on every connection before the dialogue (STARTTLS,
+            login); it is tried once up front, so a login that fails ends the run
+            before Hypothesis starts.
 
     Raises:
-        ConnectionError: the service could not be reached.
+        ConnectionError: the service could not be reached;
+            :class:`~conformance.fuzz.dialogue.LoginFailed` if the prefix fails.
     """
     report = FuzzReport(seed=seed_value)
     started = time.monotonic()
+    if login is not None:  # fail fast (not a finding): wrong password, no STARTTLS
+        run_dialogue(
+            proto,
+            service,
+            [],
+            deadline=deadline,
+            connect_timeout=target.connect_timeout,
+            login=login,
+        )
     shrinking = {"on": False}
 
     @seed(seed_value)
@@ -101,6 +115,7 @@ def fuzz(
                 deadline=deadline,
                 connect_timeout=target.connect_timeout,
                 stats=report.stats,
+                login=login,
             )
         except Finding:
             shrinking["on"] = True

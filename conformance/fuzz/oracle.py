@@ -6,8 +6,17 @@ The invariants, checked at each step (docs/fuzzing.md):
 - it arrives within the deadline (else :class:`Hang`);
 - the connection is not dropped, unless the model allowed a close (else :class:`Crash`);
 - its code is one the model allowed (else :class:`WrongReply`);
-- after an answer that must be followed by a close (SMTP 221), the server closes
-  (else :class:`NoClose`).
+- after an answer that must be followed by a close (SMTP 221, POP3 QUIT's +OK,
+  IMAP LOGOUT), the server closes (else :class:`NoClose`);
+- the answer's data keeps the session's invariants, as the model checks them
+  (IMAP: UIDs only grow, EXISTS never negative, no BYE but on LOGOUT; else
+  :class:`Inconsistent`).
+
+A :class:`~conformance.fuzz.dialogue.Login` prefix (STARTTLS, then a login) is
+played first on every connection and must succeed; it is not judged, but the
+model learns from it (it then starts in POP3 TRANSACTION or IMAP authenticated
+state). ``{run}`` in a send is replaced by a token new for each dialogue (IMAP
+mailbox names), as a scenario's ``{run}`` variable is.
 
 Blocking sockets keep this small and fast (one dialogue is a few milliseconds on
 loopback); the readers are the same sans-IO cores the asyncio runner uses.
@@ -16,21 +25,29 @@ loopback); the readers are the same sans-IO cores the asyncio runner uses.
 from __future__ import annotations
 
 import contextlib
+import secrets
 import socket
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
 from conformance.fuzz.dialogue import (
+    AnswerClosed,
+    AnswerMalformed,
+    AnswerTimeout,
     BadReply,
     Crash,
     Expectation,
     Hang,
+    Inconsistent,
+    Login,
+    LoginFailed,
     NoClose,
     ProtocolFuzz,
     Reader,
     Send,
     StepRecord,
+    Violation,
     WrongReply,
 )
 from conformance.targets import Service
@@ -49,19 +66,10 @@ class DialogueStats:
     steps: int = 0
     verbs: dict[str, int] = field(default_factory=dict)
     states: set[str] = field(default_factory=set)
-    codes: dict[int, int] = field(default_factory=dict)
+    codes: dict[int | str, int] = field(default_factory=dict)
 
 
-class _Closed(Exception):
-    pass
-
-
-class _Timeout(Exception):
-    pass
-
-
-class _Malformed(Exception):
-    pass
+_Closed, _Timeout, _Malformed = AnswerClosed, AnswerTimeout, AnswerMalformed
 
 
 def _read_event(sock: socket.socket, reader: Reader, deadline: float) -> Any:
@@ -87,6 +95,59 @@ def _read_event(sock: socket.socket, reader: Reader, deadline: float) -> Any:
         reader.receive_data(data)
 
 
+class _Conn:
+    """The socket (plain, then maybe TLS) and the reader of one dialogue."""
+
+    def __init__(self, proto: ProtocolFuzz, sock: socket.socket, run: bytes) -> None:
+        self.proto, self.sock, self.run = proto, sock, run
+        self.reader = proto.new_reader()
+
+    def send(self, send: Send) -> None:
+        if self.proto.prepare is not None:
+            self.proto.prepare(self.reader, send)
+        with contextlib.suppress(OSError):  # gone? the read that follows says how
+            self.sock.sendall(send.wire.replace(b"{run}", self.run))
+
+    def answer(self, send: Send, deadline: float) -> Any:
+        until = time.monotonic() + deadline
+
+        def next_event() -> Any:
+            return _read_event(self.sock, self.reader, until)
+
+        return self.proto.read_answer(next_event, send)
+
+    def starttls(self, login: Login, deadline: float) -> None:
+        if login.context is None:
+            raise LoginFailed("STARTTLS in the login prefix needs a TLS context")
+        self.sock.settimeout(deadline)
+        try:
+            self.sock = login.context.wrap_socket(
+                self.sock, server_hostname=login.server_name or None
+            )
+        except OSError as exc:
+            raise LoginFailed(f"TLS handshake after STARTTLS failed: {exc}") from None
+        self.reader = self.proto.new_reader()
+
+
+def _play_login(
+    proto: ProtocolFuzz, conn: _Conn, model: Any, login: Login, deadline: float
+) -> None:
+    for send in proto.login_sends(login):
+        conn.send(send)
+        try:
+            answer = conn.answer(send, deadline)
+        except (_Closed, _Timeout, _Malformed) as exc:
+            raise LoginFailed(
+                f"login prefix: {_show(send)} got no usable answer ({exc!r})"
+            ) from None
+        code = proto.code_of(answer)
+        if not proto.succeeded(code):
+            raise LoginFailed(f"login prefix: {proto.describe(answer)} to {_show(send)}")
+        model.observe(send, code, answer)
+        if send.verb == "STARTTLS":
+            conn.starttls(login, deadline)
+
+
 def run_dialogue(
     proto: ProtocolFuzz,
     service: Service,
@@ -95,19 +156,23 @@ def run_dialogue(
     deadline: float,
     connect_timeout: float = 5.0,
     stats: DialogueStats | None = None,
+    login: Login | None = None,
 ) -> list[StepRecord]:
     """Play ``sends`` on a new connection; return the records, or raise a Finding.
 
     Raises:
         Finding: a subclass naming the invariant that broke at the last record.
-        ConnectionError: the service could not be reached at all (not a finding).
+        ConnectionError: the service could not be reached at all (not a finding);
+            :class:`LoginFailed` if the login prefix did not succeed.
     """
     stats = stats if stats is not None else DialogueStats()
     stats.dialogues += 1
     model = proto.new_model()
-    reader = proto.new_reader()
     records: list[StepRecord] = []
     sock = socket.create_connection((service.host, service.port), timeout=connect_timeout)
+    with contextlib.suppress(OSError):  # one command a segment: no Nagle delay per step
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    conn = _Conn(proto, sock, secrets.token_hex(5).encode())
     try:
         queue = list(sends)
         current, expectation = _GREETING, model.greeting()
@@ -117,10 +182,9 @@ def run_dialogue(
             if current is not _GREETING:
                 stats.steps += 1
                 stats.verbs[current.verb] = stats.verbs.get(current.verb, 0) + 1
-                with contextlib.suppress(OSError):  # gone? the read below says how
-                    sock.sendall(current.wire)
+                conn.send(current)
             try:
-                event = _read_event(sock, reader, time.monotonic() + deadline)
+                event = conn.answer(current, deadline)
             except _Timeout:
                 records.append(_record(current, expectation, "no answer (timeout)", state))
                 raise Hang(f"no answer within {deadline:g}s to {_show(current)}", records) from None
@@ -144,13 +208,13 @@ def run_dialogue(
                     f"{proto.describe(event)} to {_show(current)}; expected {expectation.why}",
                     records,
                 )
-            if current is _GREETING and code != 220:  # refused: nothing more to fuzz
+            if current is _GREETING and not proto.greeting_ok(code):  # refused: nothing to fuzz
                 return records
-            if code == 421:  # RFC 5321 §3.8: the server is closing; nothing more to judge
+            if code in proto.final:  # SMTP 421 (RFC 5321 §3.8), IMAP BYE: the server closes
                 return records
-            if expectation.closes or code == 221:  # 221: "closing" (RFC 5321 §4.2.2)
+            if expectation.closes or code in proto.closing:  # SMTP 221 (RFC 5321 §4.2.2)
                 try:
-                    _read_event(sock, reader, time.monotonic() + deadline)
+                    _read_event(conn.sock, conn.reader, time.monotonic() + deadline)
                 except (_Closed, _Malformed):
                     return records
                 except _Timeout:
@@ -160,7 +224,22 @@ def run_dialogue(
                     f"{_show(current)} ({expectation.why})",
                     records,
                 )
-            follow = model.observe(current, code) if current is not _GREETING else None
+            if current is _GREETING:
+                if login is not None:
+                    _play_login(proto, conn, model, login, deadline)
+                follow = None
+            else:
+                try:
+                    follow = model.observe(current, code, event)
+                except Violation as bad:
+                    records[-1] = StepRecord(
+                        send=current,
+                        expectation=expectation,
+                        outcome=records[-1].outcome,
+                        state=state,
+                        extra_expect=bad.expect,
+                    )
+                    raise Inconsistent(f"{bad.message} (after {_show(current)})", records) from None
             if current is not _GREETING and current.terminal:
                 return records
             if follow is not None:
@@ -172,7 +251,7 @@ def run_dialogue(
             expectation = model.expect(current)
     finally:
         with contextlib.suppress(OSError):
-            sock.close()
+            conn.sock.close()
 
 
 def _record(send: Send, expectation: Expectation, outcome: str, state: str) -> StepRecord:

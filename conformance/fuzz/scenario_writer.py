@@ -20,7 +20,7 @@ from typing import Any
 
 import yaml
 
-from conformance.fuzz.dialogue import Finding, ProtocolFuzz, Send
+from conformance.fuzz.dialogue import Finding, Login, ProtocolFuzz, Send
 from conformance.targets import Target
 
 __all__ = ["finding_id", "scenario_for", "write_finding"]
@@ -32,7 +32,8 @@ def finding_id(proto: ProtocolFuzz, finding: Finding) -> str:
 
 
 def _braces(text: str) -> str:
-    return text.replace("{", "{{").replace("}", "}}")
+    # {run} (a fresh token per dialogue, IMAP mailbox names) stays the scenario variable
+    return text.replace("{", "{{").replace("}", "}}").replace("{{run}}", "{run}")
 
 
 def _variables(text: str, target: Target) -> str:
@@ -73,18 +74,30 @@ def _action(send: Send, target: Target) -> dict[str, Any]:
 
 
 def scenario_for(
-    proto: ProtocolFuzz, finding: Finding, target: Target, service: str, *, deadline: float
+    proto: ProtocolFuzz,
+    finding: Finding,
+    target: Target,
+    service: str,
+    *,
+    deadline: float,
+    login: Login | None = None,
 ) -> dict[str, Any]:
-    """The scenario document (a dict) that replays ``finding``."""
+    """The scenario document (a dict) that replays ``finding``.
+
+    With ``login``, the prefix follows the greeting as ``starttls: true`` and
+    ``auth:`` steps (SMTP: EHLO around them).
+    """
     steps: list[dict[str, Any]] = []
     records = finding.records
     last = records[-1]
     for rec in records:
         if rec.send.verb == "(greeting)":
-            steps.append({"expect": proto.expect_yaml(rec.expectation)})
+            steps.append({"expect": proto.expect_yaml(rec.expectation, rec.send)})
+            if login is not None:
+                steps.extend(proto.login_steps(login))
             continue
         step = _action(rec.send, target)
-        step["expect"] = proto.expect_yaml(rec.expectation)
+        step["expect"] = {**proto.expect_yaml(rec.expectation, rec.send), **rec.extra_expect}
         if rec is last and finding.kind == "hang":
             step["timeout"] = deadline
         if rec is last and finding.kind == "no-close":
@@ -113,9 +126,10 @@ def write_finding(
     out_dir: Path,
     *,
     deadline: float,
+    login: Login | None = None,
 ) -> tuple[Path, bool]:
     """Write the scenario for ``finding`` under ``out_dir``; (path, newly written)."""
-    doc = scenario_for(proto, finding, target, service, deadline=deadline)
+    doc = scenario_for(proto, finding, target, service, deadline=deadline, login=login)
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / f"{doc['id']}.yaml"
     if path.exists():

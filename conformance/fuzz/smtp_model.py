@@ -27,8 +27,9 @@ accept with 250 only (§4.3.2); after 221 the server closes.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
-from conformance.fuzz.dialogue import Expectation, Send
+from conformance.fuzz.dialogue import Answer, Expectation, Send
 
 __all__ = ["MESSAGE", "SmtpModel", "all_codes"]
 
@@ -154,7 +155,8 @@ class SmtpModel:
             )
         return Expectation(codes=ANY, why=f"{verb}: any 2xx/4xx/5xx (RFC 5321 §4.2)")
 
-    def observe(self, send: Send, code: int) -> Send | None:
+    def observe(self, send: Send, code: Answer, answer: Any = None) -> Send | None:
+        assert isinstance(code, int)
         if send.kind == "data":
             self.in_data = False
             self.mail, self.recipients, self.unsure = False, 0, False

@@ -122,7 +122,7 @@ def test_fuzzer_finds_the_hidden_bug_and_the_scenario_replays_it(
         tfile = target_file(tmp_path, srv.port)
         target = load_target(tfile)
         report = fuzz(
-            SMTP, target, target.services["mx"], seed_value=7, max_examples=300, deadline=DEADLINE
+            SMTP, target, target.services["mx"], seed_value=7, max_examples=800, deadline=DEADLINE
         )
         kinds = {f.kind for f in report.findings}
         assert kind in kinds, [f.message for f in report.findings]

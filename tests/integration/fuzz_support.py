@@ -1,0 +1,79 @@
+"""Helpers shared by the POP3 and IMAP fuzzer tests: target files and the CLI."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+from typing import Any
+
+import yaml
+from click.testing import CliRunner
+from scripted import ScriptConn, TestCerts
+
+from conformance.cli import main
+from conformance.fuzz.dialogue import Login
+from conformance.targets import Target, load_target
+
+PASSWORD = "fuzz-pw"
+
+
+def scripted_target(tmp_path: Path, service: str, port: int, certs: TestCerts) -> Path:
+    """A target for a scripted server on 127.0.0.1 that offers STARTTLS with the test CA."""
+    path = tmp_path / f"{service}-target.yaml"
+    doc = {
+        "host": "127.0.0.1",
+        "domain": "example.test",
+        "tls": {"verify": True, "ca_file": str(certs.ca_file)},
+        "services": {service: {"port": port, "tls": "starttls"}},
+        "accounts": {
+            "alice": {"address": "alice@example.test", "username": "alice", "password": PASSWORD}
+        },
+        "timeouts": {"read": 2},
+    }
+    path.write_text(yaml.safe_dump(doc))
+    return path
+
+
+def reference_target(mail_server: Any, tmp_path: Path, service: str) -> Path:
+    """A target for the reference server's ``service`` (STARTTLS, the dev CA)."""
+    host, port = mail_server.addr(service)
+    path = tmp_path / f"ref-{service}.yaml"
+    doc = {
+        "host": host,
+        "domain": "example.test",
+        "server_name": "mail.example.test",
+        "tls": {"verify": True, "ca_file": str(mail_server.ca_file)},
+        "services": {service: {"port": port, "tls": "starttls"}},
+        "accounts": {
+            "alice": {
+                "address": "alice@example.test",
+                "username": "alice",
+                "password": mail_server.passwords["alice"],
+            }
+        },
+    }
+    path.write_text(yaml.safe_dump(doc))
+    return path
+
+
+def login_for(target: Target, service: str) -> Login:
+    return Login(
+        account=target.accounts["alice"],
+        starttls=True,
+        context=target.ssl_context(),
+        server_name=target.server_name or target.services[service].host,
+    )
+
+
+def load(path: Path) -> Target:
+    return load_target(path)
+
+
+def nodelay(conn: ScriptConn) -> None:
+    """Answers of several lines go out at once (no Nagle wait on loopback)."""
+    conn._sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+def run_cli(*args: str) -> tuple[int, str]:
+    result = CliRunner().invoke(main, list(args), catch_exceptions=False)
+    return result.exit_code, result.output
