@@ -131,6 +131,17 @@ def write_target(tmp_path: Path, port: int, sink: dict[str, Any] | None) -> Path
     return path
 
 
+def recording_relay() -> tuple[list[Relay], Callable[[Sink], Handler]]:
+    """A handler factory for run_outbound, and the list holding the one Relay it makes."""
+    relays: list[Relay] = []
+
+    def handler(sink: Sink) -> Handler:
+        relays.append(Relay(sink))
+        return relays[0]
+
+    return relays, handler
+
+
 def run_outbound(
     tmp_path: Path,
     make_handler: Callable[[Sink], Handler],
@@ -330,11 +341,7 @@ def test_expectations_need_an_accepted_message(tmp_path):
 
 
 def test_capture_from_the_message_at_the_sink(tmp_path):
-    relays: list[Relay] = []
-
-    def handler(sink: Sink) -> Handler:
-        relays.append(Relay(sink))
-        return relays[0]
+    relays, handler = recording_relay()
 
     result = run_outbound(
         tmp_path,
@@ -380,11 +387,7 @@ def test_run_is_ten_hex_digits_new_for_each_execution(tmp_path):
 
 
 def test_sink_scenario_is_not_applicable_without_a_sink(tmp_path):
-    relays: list[Relay] = []
-
-    def handler(sink: Sink) -> Handler:
-        relays.append(Relay(sink))
-        return relays[0]
+    relays, handler = recording_relay()
 
     result = run_outbound(
         tmp_path,
