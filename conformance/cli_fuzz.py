@@ -6,8 +6,10 @@ Exit codes: 0 nothing found, 1 findings written, 2 usage or input error,
 
 from __future__ import annotations
 
+import contextlib
 import random
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -16,9 +18,11 @@ import click
 from ._yaml import LoadError
 from .fuzz import PROTOCOLS, write_finding
 from .fuzz.dialogue import Login, LoginFailed
+from .fuzz.engine import SecondTarget
 from .fuzz.engine import fuzz as run_fuzz
-from .fuzz.oracle import DialogueStats
-from .targets import load_target
+from .fuzz.memory import MemoryConnector, dev_memory_target
+from .fuzz.oracle import Connector, DialogueStats, SocketConnector
+from .targets import Service, Target, load_target
 
 __all__ = ["fuzz"]
 
@@ -31,8 +35,24 @@ __all__ = ["fuzz"]
     "--target",
     "target_file",
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    required=True,
+    default=None,
     help="Target file (see docs/targets.md); only plain (tls: none or starttls) services.",
+)
+@click.option(
+    "--in-memory",
+    is_flag=True,
+    help="Fuzz the bundled reference server in memory (a development setup in a "
+    "temporary directory; no sockets, sessions run as after TLS). Excludes --target.",
+)
+@click.option(
+    "--differential",
+    "second_file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    metavar="FILE",
+    help="A second target file: play every dialogue against it too and report each "
+    "step where the two answers differ in class (SMTP first digit, POP3 +OK/-ERR, "
+    "IMAP OK/NO/BAD).",
 )
 @click.option(
     "--service",
@@ -76,7 +96,9 @@ __all__ = ["fuzz"]
 )
 def fuzz(
     protocol: str,
-    target_file: Path,
+    target_file: Path | None,
+    in_memory: bool,
+    second_file: Path | None,
     service: str | None,
     login_name: str | None,
     no_login: bool,
@@ -87,39 +109,128 @@ def fuzz(
     out_dir: Path,
 ) -> None:
     """Fuzz a server's command parser; save each shrunk finding as a scenario."""
-    proto = PROTOCOLS[protocol]
+    if in_memory == (target_file is not None):
+        raise click.UsageError("give exactly one of --target FILE and --in-memory")
+    if login_name is not None and no_login:
+        raise click.UsageError("--login and --no-login exclude each other")
+    with contextlib.ExitStack() as stack:
+        if in_memory:
+            tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="mh-fuzz-")))
+            config, target = dev_memory_target(tmp)
+        else:
+            assert target_file is not None
+            config, target = None, _load(target_file)
+        name = service or PROTOCOLS[protocol].default_service
+        svc = _service(target, name)
+        login = _login(target, svc, protocol, login_name, no_login, memory=in_memory)
+        connector: Connector
+        if config is not None:
+            try:
+                connector = stack.enter_context(MemoryConnector(config, name))
+            except KeyError as exc:
+                raise click.UsageError(str(exc.args[0])) from None
+        else:
+            connector = SocketConnector(svc, target.connect_timeout)
+        second: SecondTarget | None = None
+        if second_file is not None:
+            other = _load(second_file)
+            other_svc = _service(other, name)
+            other_login = None
+            if login is not None and login.account is not None:
+                acc = login.account.name if login.account.name in other.accounts else None
+                other_login = _login(other, other_svc, protocol, acc, False, memory=False)
+            second = SecondTarget(
+                SocketConnector(other_svc, other.connect_timeout), other, other_login
+            )
+        _run(
+            protocol,
+            target,
+            name,
+            svc,
+            login,
+            connector,
+            second,
+            login_name=login.account.name if login and login.account else None,
+            max_examples=max_examples,
+            time_budget=time_budget,
+            seed_value=seed_value,
+            deadline=deadline,
+            out_dir=out_dir,
+            memory=in_memory,
+        )
+
+
+def _load(path: Path) -> Target:
     try:
-        target = load_target(target_file)
+        return load_target(path)
     except LoadError as err:
         click.echo(str(err), err=True)
         sys.exit(2)
-    name = service or proto.default_service
+
+
+def _service(target: Target, name: str) -> Service:
     svc = target.services.get(name)
     if svc is None:
         known = ", ".join(sorted(target.services)) or "none"
         raise click.UsageError(f"the target has no service {name!r} (it has: {known})")
     if svc.tls.value == "implicit":
         raise click.UsageError(f"service {name!r} uses implicit TLS; fuzzing speaks plain TCP")
-    login: Login | None = None
-    if login_name is not None and no_login:
-        raise click.UsageError("--login and --no-login exclude each other")
+    return svc
+
+
+def _login(
+    target: Target,
+    svc: Service,
+    protocol: str,
+    login_name: str | None,
+    no_login: bool,
+    *,
+    memory: bool,
+) -> Login | None:
     if login_name is None and not no_login and protocol != "smtp" and target.accounts:
         login_name = next(iter(target.accounts))
-    if login_name is not None:
-        account = target.accounts.get(login_name)
-        if account is None:
-            known = ", ".join(sorted(target.accounts)) or "none"
-            raise click.UsageError(f"the target has no account {login_name!r} (it has: {known})")
-        login = Login(
-            account=account,
-            starttls=svc.tls.value == "starttls",
-            context=target.ssl_context(),
-            server_name=target.server_name or svc.host,
-        )
+    if login_name is None:
+        return None
+    account = target.accounts.get(login_name)
+    if account is None:
+        known = ", ".join(sorted(target.accounts)) or "none"
+        raise click.UsageError(f"the target has no account {login_name!r} (it has: {known})")
+    return Login(
+        account=account,
+        starttls=svc.tls.value == "starttls" and not memory,  # memory: as after TLS
+        context=None if memory else target.ssl_context(),
+        server_name=target.server_name or svc.host,
+    )
+
+
+def _run(
+    protocol: str,
+    target: Target,
+    name: str,
+    svc: Service,
+    login: Login | None,
+    connector: Connector,
+    second: SecondTarget | None,
+    *,
+    login_name: str | None,
+    max_examples: int,
+    time_budget: float | None,
+    seed_value: int | None,
+    deadline: float,
+    out_dir: Path,
+    memory: bool,
+) -> None:
+    proto = PROTOCOLS[protocol]
     if seed_value is None:
         seed_value = random.SystemRandom().randrange(2**32)
     how = f"  logged in as {login_name}" if login is not None else ""
-    click.echo(f"fuzz {protocol} {name} at {svc.host}:{svc.port}{how}  seed {seed_value}")
+    where = "in memory (reference server)" if memory else f"{svc.host}:{svc.port}"
+    if second is not None:
+        other = second.connector
+        if isinstance(other, SocketConnector):
+            where += f", differential against {other.service.host}:{other.service.port}"
+    at = "" if memory else "at "
+    click.echo(f"fuzz {protocol} {name} {at}{where}{how}  seed {seed_value}")
     click.echo(f"(repeat with --seed {seed_value})")
     last = [time.monotonic()]
 
@@ -140,12 +251,14 @@ def fuzz(
             deadline=deadline,
             progress=progress,
             login=login,
+            connector=connector,
+            second=second,
         )
     except LoginFailed as exc:
         click.echo(f"the login prefix failed: {exc}", err=True)
         sys.exit(3)
     except OSError as exc:
-        click.echo(f"target unreachable: {svc.host}:{svc.port}: {exc}", err=True)
+        click.echo(f"target unreachable: {where}: {exc}", err=True)
         sys.exit(3)
     stats = report.stats
     rate = stats.dialogues / report.elapsed if report.elapsed else 0.0

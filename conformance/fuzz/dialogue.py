@@ -24,6 +24,7 @@ __all__ = [
     "AnswerClosed",
     "AnswerMalformed",
     "AnswerTimeout",
+    "Differential",
     "Expectation",
     "Finding",
     "Login",
@@ -91,6 +92,7 @@ class StepRecord:
     expectation: Expectation
     outcome: str  # "reply 250 ...", "closed", "timeout", "malformed: ..."
     state: str  # the model's state before the step
+    code: Answer | None = None  # the answer's class as the model saw it (None: no answer)
     extra_expect: dict[str, Any] = field(default_factory=dict)  # a Violation's scenario check
 
 
@@ -133,6 +135,18 @@ class Inconsistent(Finding):
     """The answer had the right status, but its data broke a session invariant."""
 
     kind = "inconsistent"
+
+
+class Differential(Finding):
+    """Two targets answered the same step with answers of different classes
+    (SMTP: the first digit; POP3: +OK/-ERR; IMAP: OK/NO/BAD; or a close, a timeout,
+    a malformed answer). ``records`` are the first target's, up to that step."""
+
+    kind = "differential"
+
+    def __init__(self, message: str, records: list[StepRecord], other: list[StepRecord]) -> None:
+        super().__init__(message, records)
+        self.other = list(other)
 
 
 class Violation(Exception):
@@ -240,3 +254,7 @@ class ProtocolFuzz:
     login_sends: Callable[[Login], list[Send]] = lambda login: []
     login_steps: Callable[[Login], list[dict[str, Any]]] = lambda login: []
     succeeded: Callable[[Answer], bool] = lambda code: isinstance(code, int) and code < 400
+    #: the class a differential run compares (SMTP ``"2xx"``; POP3 and IMAP: the status)
+    class_of: Callable[[Answer], str] = str
+    #: every answer of ``code``'s class (SMTP: all 2xx codes), for a differential's expect
+    class_members: Callable[[Answer], frozenset[Answer]] = lambda code: frozenset({code})

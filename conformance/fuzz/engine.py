@@ -16,15 +16,56 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from hypothesis import HealthCheck, Phase, given, seed, settings
 
 from conformance.fuzz.dialogue import Finding, Login, ProtocolFuzz, Send
-from conformance.fuzz.oracle import DialogueStats, run_dialogue
+from conformance.fuzz.oracle import (
+    Connector,
+    DialogueStats,
+    SocketConnector,
+    compare_dialogues,
+    run_dialogue,
+)
 from conformance.targets import Service, Target
 
-__all__ = ["FuzzReport", "fuzz"]
+__all__ = ["FuzzReport", "SecondTarget", "fuzz"]
+
+
+@dataclass(frozen=True)
+class SecondTarget:
+    """The other side of a differential run: where it is, its target file, its prefix.
+
+    Each dialogue is played there too, with the first target's account addresses
+    replaced by the second's (accounts matched by name), and not judged by the
+    model: only the answer classes are compared with the first target's.
+    """
+
+    connector: Connector
+    target: Target
+    login: Login | None = None
+
+
+def _translator(first: Target, second: Target) -> Callable[[list[Send]], list[Send]]:
+    pairs = [
+        (acc.address.encode(), second.accounts[name].address.encode())
+        for name, acc in first.accounts.items()
+        if name in second.accounts and acc.address != second.accounts[name].address
+    ]
+
+    def translate(sends: list[Send]) -> list[Send]:
+        if not pairs:
+            return sends
+        out = []
+        for send in sends:
+            wire = send.wire
+            for old, new in pairs:
+                wire = wire.replace(old, new)
+            out.append(send if wire == send.wire else replace(send, wire=wire))
+        return out
+
+    return translate
 
 
 @dataclass
@@ -58,6 +99,8 @@ def fuzz(
     deadline: float = 2.0,
     progress: Callable[[DialogueStats], None] | None = None,
     login: Login | None = None,
+    connector: Connector | None = None,
+    second: SecondTarget | None = None,
 ) -> FuzzReport:
     """Fuzz one service; return the shrunk findings (de-duplicated by the caller's writer).
 
@@ -79,15 +122,13 @@ def fuzz(
     """
     report = FuzzReport(seed=seed_value)
     started = time.monotonic()
-    if login is not None:  # fail fast (not a finding): wrong password, no STARTTLS
-        run_dialogue(
-            proto,
-            service,
-            [],
-            deadline=deadline,
-            connect_timeout=target.connect_timeout,
-            login=login,
-        )
+    where = connector or SocketConnector(service, target.connect_timeout)
+    # fail fast (not a finding): unreachable, wrong password, no STARTTLS
+    if login is not None or second is not None:
+        run_dialogue(proto, where, [], deadline=deadline, login=login)
+    if second is not None:
+        run_dialogue(proto, second.connector, [], deadline=deadline, login=second.login)
+        translate = _translator(target, second.target)
     shrinking = {"on": False}
 
     @seed(seed_value)
@@ -108,15 +149,23 @@ def fuzz(
             report.out_of_time = True
             return
         try:
-            run_dialogue(
-                proto,
-                service,
-                sends,
-                deadline=deadline,
-                connect_timeout=target.connect_timeout,
-                stats=report.stats,
-                login=login,
+            records = run_dialogue(
+                proto, where, sends, deadline=deadline, stats=report.stats, login=login
             )
+            if second is not None:
+                try:
+                    other = run_dialogue(
+                        proto,
+                        second.connector,
+                        translate(sends),
+                        deadline=deadline,
+                        login=second.login,
+                    )
+                except Finding as judged:  # not judged here: only the classes count
+                    other = judged.records
+                differs = compare_dialogues(proto, records, other)
+                if differs is not None:
+                    raise differs
         except Finding:
             shrinking["on"] = True
             raise

@@ -29,14 +29,16 @@ import secrets
 import socket
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from conformance.fuzz.dialogue import (
+    Answer,
     AnswerClosed,
     AnswerMalformed,
     AnswerTimeout,
     BadReply,
     Crash,
+    Differential,
     Expectation,
     Hang,
     Inconsistent,
@@ -53,7 +55,16 @@ from conformance.fuzz.dialogue import (
 from conformance.targets import Service
 from conformance.wire import NEED_DATA, ConnectionClosed, RemoteProtocolError
 
-__all__ = ["DialogueStats", "run_dialogue"]
+__all__ = [
+    "Channel",
+    "Connector",
+    "DialogueStats",
+    "SocketChannel",
+    "SocketConnector",
+    "answer_class",
+    "compare_dialogues",
+    "run_dialogue",
+]
 
 _GREETING = Send(verb="(greeting)", wire=b"")
 
@@ -72,7 +83,91 @@ class DialogueStats:
 _Closed, _Timeout, _Malformed = AnswerClosed, AnswerTimeout, AnswerMalformed
 
 
-def _read_event(sock: socket.socket, reader: Reader, deadline: float) -> Any:
+class Channel(Protocol):
+    """The byte pipe of one dialogue: a socket, or the reference server in memory."""
+
+    def send(self, data: bytes) -> None:
+        """Send ``data``; may raise OSError (the read that follows says what happened)."""
+        ...
+
+    def recv(self, timeout: float) -> bytes:
+        """What arrived (at least one byte), ``b""`` at EOF or a reset.
+
+        Raises:
+            TimeoutError: nothing arrived within ``timeout`` seconds.
+        """
+        ...
+
+    def starttls(self, login: Login, deadline: float) -> None:
+        """Switch to TLS after a STARTTLS/STLS that succeeded (raises LoginFailed)."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class Connector(Protocol):
+    """Opens a :class:`Channel` to the service under test, one per dialogue."""
+
+    def open(self) -> Channel:
+        """A new connection (raises ConnectionError/OSError if unreachable)."""
+        ...
+
+
+class SocketChannel:
+    """A blocking TCP socket (TCP_NODELAY: one command a segment, no Nagle delay)."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self._timeout: float | None = -1.0
+
+    def send(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def recv(self, timeout: float) -> bytes:
+        if timeout != self._timeout:  # settimeout is a syscall (fcntl): only when it changes
+            self.sock.settimeout(timeout)
+            self._timeout = timeout
+        try:
+            return self.sock.recv(65536)
+        except TimeoutError:
+            raise
+        except OSError:  # reset: the server dropped the connection
+            return b""
+
+    def starttls(self, login: Login, deadline: float) -> None:
+        if login.context is None:
+            raise LoginFailed("STARTTLS in the login prefix needs a TLS context")
+        self.sock.settimeout(deadline)
+        self._timeout = deadline
+        try:
+            self.sock = login.context.wrap_socket(
+                self.sock, server_hostname=login.server_name or None
+            )
+        except OSError as exc:
+            raise LoginFailed(f"TLS handshake after STARTTLS failed: {exc}") from None
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.sock.close()
+
+
+@dataclass(frozen=True)
+class SocketConnector:
+    """Dialogues over TCP to a target's service."""
+
+    service: Service
+    connect_timeout: float = 5.0
+
+    def open(self) -> Channel:
+        sock = socket.create_connection(
+            (self.service.host, self.service.port), timeout=self.connect_timeout
+        )
+        return SocketChannel(sock)
+
+
+def _read_event(chan: Channel, reader: Reader, deadline: float) -> Any:
     while True:
         try:
             event = reader.next_event()
@@ -85,47 +180,36 @@ def _read_event(sock: socket.socket, reader: Reader, deadline: float) -> Any:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             raise _Timeout
-        sock.settimeout(remaining)
         try:
-            data = sock.recv(65536)
+            data = chan.recv(remaining)
         except TimeoutError:
             raise _Timeout from None
-        except OSError:  # reset: the server dropped the connection
-            data = b""
         reader.receive_data(data)
 
 
 class _Conn:
-    """The socket (plain, then maybe TLS) and the reader of one dialogue."""
+    """The channel (plain, then maybe TLS) and the reader of one dialogue."""
 
-    def __init__(self, proto: ProtocolFuzz, sock: socket.socket, run: bytes) -> None:
-        self.proto, self.sock, self.run = proto, sock, run
+    def __init__(self, proto: ProtocolFuzz, chan: Channel, run: bytes) -> None:
+        self.proto, self.chan, self.run = proto, chan, run
         self.reader = proto.new_reader()
 
     def send(self, send: Send) -> None:
         if self.proto.prepare is not None:
             self.proto.prepare(self.reader, send)
         with contextlib.suppress(OSError):  # gone? the read that follows says how
-            self.sock.sendall(send.wire.replace(b"{run}", self.run))
+            self.chan.send(send.wire.replace(b"{run}", self.run))
 
     def answer(self, send: Send, deadline: float) -> Any:
         until = time.monotonic() + deadline
 
         def next_event() -> Any:
-            return _read_event(self.sock, self.reader, until)
+            return _read_event(self.chan, self.reader, until)
 
         return self.proto.read_answer(next_event, send)
 
     def starttls(self, login: Login, deadline: float) -> None:
-        if login.context is None:
-            raise LoginFailed("STARTTLS in the login prefix needs a TLS context")
-        self.sock.settimeout(deadline)
-        try:
-            self.sock = login.context.wrap_socket(
-                self.sock, server_hostname=login.server_name or None
-            )
-        except OSError as exc:
-            raise LoginFailed(f"TLS handshake after STARTTLS failed: {exc}") from None
+        self.chan.starttls(login, deadline)
         self.reader = self.proto.new_reader()
 
 
@@ -150,7 +234,7 @@ def _play_login(
 
 def run_dialogue(
     proto: ProtocolFuzz,
-    service: Service,
+    where: Service | Connector,
     sends: list[Send],
     *,
     deadline: float,
@@ -159,6 +243,9 @@ def run_dialogue(
     login: Login | None = None,
 ) -> list[StepRecord]:
     """Play ``sends`` on a new connection; return the records, or raise a Finding.
+
+    ``where`` is a target's service (reached over TCP) or any :class:`Connector`
+    (:class:`conformance.fuzz.memory.MemoryConnector`: the reference server in memory).
 
     Raises:
         Finding: a subclass naming the invariant that broke at the last record.
@@ -169,10 +256,8 @@ def run_dialogue(
     stats.dialogues += 1
     model = proto.new_model()
     records: list[StepRecord] = []
-    sock = socket.create_connection((service.host, service.port), timeout=connect_timeout)
-    with contextlib.suppress(OSError):  # one command a segment: no Nagle delay per step
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    conn = _Conn(proto, sock, secrets.token_hex(5).encode())
+    connector = SocketConnector(where, connect_timeout) if isinstance(where, Service) else where
+    conn = _Conn(proto, connector.open(), secrets.token_hex(5).encode())
     try:
         queue = list(sends)
         current, expectation = _GREETING, model.greeting()
@@ -202,7 +287,7 @@ def run_dialogue(
                 ) from None
             code = proto.code_of(event)
             stats.codes[code] = stats.codes.get(code, 0) + 1
-            records.append(_record(current, expectation, proto.describe(event), state))
+            records.append(_record(current, expectation, proto.describe(event), state, code))
             if not expectation.accepts(code):
                 raise WrongReply(
                     f"{proto.describe(event)} to {_show(current)}; expected {expectation.why}",
@@ -214,7 +299,7 @@ def run_dialogue(
                 return records
             if expectation.closes or code in proto.closing:  # SMTP 221 (RFC 5321 §4.2.2)
                 try:
-                    _read_event(conn.sock, conn.reader, time.monotonic() + deadline)
+                    _read_event(conn.chan, conn.reader, time.monotonic() + deadline)
                 except (_Closed, _Malformed):
                     return records
                 except _Timeout:
@@ -237,6 +322,7 @@ def run_dialogue(
                         expectation=expectation,
                         outcome=records[-1].outcome,
                         state=state,
+                        code=code,
                         extra_expect=bad.expect,
                     )
                     raise Inconsistent(f"{bad.message} (after {_show(current)})", records) from None
@@ -250,12 +336,53 @@ def run_dialogue(
                 return records
             expectation = model.expect(current)
     finally:
-        with contextlib.suppress(OSError):
-            conn.sock.close()
+        conn.chan.close()
 
 
-def _record(send: Send, expectation: Expectation, outcome: str, state: str) -> StepRecord:
-    return StepRecord(send=send, expectation=expectation, outcome=outcome, state=state)
+def answer_class(proto: ProtocolFuzz, record: StepRecord) -> str:
+    """What a differential run compares: the answer's class, or ``closed`` / ``timeout`` /
+    ``malformed`` when there was no answer."""
+    if record.code is not None:
+        return proto.class_of(record.code)
+    return {"c": "closed", "n": "timeout", "m": "malformed"}.get(record.outcome[:1], "?")
+
+
+def compare_dialogues(
+    proto: ProtocolFuzz, first: list[StepRecord], second: list[StepRecord]
+) -> Differential | None:
+    """The first step where the two targets' answers differ in class, as a finding.
+
+    Its records are the first target's up to that step; the last one's expectation is
+    the first target's answer class (so the written scenario passes against the first
+    target and fails against the second) and its outcome names both answers.
+    """
+    for i, (a, b) in enumerate(zip(first, second, strict=False)):
+        ca, cb = answer_class(proto, a), answer_class(proto, b)
+        if ca == cb:
+            continue
+        why = f"as the first target answered ({ca}; the second target: {b.outcome})"
+        expectation = a.expectation
+        if a.code is not None:
+            expectation = Expectation(codes=proto.class_members(a.code), why=why)
+        last = StepRecord(
+            send=a.send,
+            expectation=expectation,
+            outcome=f"{a.outcome}; second target: {b.outcome}",
+            state=a.state,
+            code=a.code,
+        )
+        message = (
+            f"the targets differ at {_show(a.send)}: first {a.outcome!r} ({ca}), "
+            f"second {b.outcome!r} ({cb})"
+        )
+        return Differential(message, [*first[:i], last], second[: i + 1])
+    return None
+
+
+def _record(
+    send: Send, expectation: Expectation, outcome: str, state: str, code: Answer | None = None
+) -> StepRecord:
+    return StepRecord(send=send, expectation=expectation, outcome=outcome, state=state, code=code)
 
 
 def _show(send: Send) -> str:

@@ -69,7 +69,21 @@ def _smtp() -> ProtocolFuzz:
         verbs=VERBS,
         login_sends=_smtp_login,
         login_steps=_smtp_login_steps,
+        class_of=_smtp_class,
+        class_members=_smtp_class_members,
     )
+
+
+def _smtp_class(code: Any) -> str:
+    return f"{code // 100}xx" if isinstance(code, int) else str(code)
+
+
+def _smtp_class_members(code: Any) -> frozenset[Any]:
+    if isinstance(code, int):
+        for members in (P2, T4, P5):
+            if code in members:
+                return members
+    return frozenset({code})
 
 
 # -- POP3 ------------------------------------------------------------------------------

@@ -1,0 +1,132 @@
+"""Fuzz the reference server in memory: no sockets, no TLS (``mailharness fuzz --in-memory``).
+
+:class:`MemoryConnector` is a :class:`~conformance.fuzz.oracle.Connector` whose
+channels are :class:`~reference_server.memory.MemoryClient` connections to a
+:class:`~reference_server.memory.MemoryServer`. The oracle stays synchronous: the
+connector owns a private asyncio event loop and runs it, in the calling thread,
+only for as long as one ``send`` or ``recv`` takes (``loop.run_until_complete``).
+The server's sessions are tasks of that loop, so they make progress exactly while
+the oracle waits for an answer; between two calls nothing runs, which an
+in-memory server does not mind (no socket has to be serviced, and a timer that
+came due fires at the next call). No thread hop per step keeps this fast; the
+price is that it cannot be used from inside a running event loop (a coroutine
+must run the fuzzer in a worker thread, ``asyncio.to_thread``).
+
+Sessions run as after TLS (``assume_tls``): the login prefix has no STARTTLS, and
+STARTTLS/STLS in a dialogue get the server's "TLS already active" refusal.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from pathlib import Path
+from types import TracebackType
+
+from conformance.fuzz.dialogue import Login, LoginFailed
+from conformance.fuzz.oracle import Channel
+from conformance.targets import Account, Service, Target, TlsMode
+from reference_server.config import ServerConfig
+from reference_server.devsetup import dev_config
+from reference_server.memory import MemoryClient, MemoryServer
+
+__all__ = ["MemoryChannel", "MemoryConnector", "dev_memory_target"]
+
+
+class MemoryChannel:
+    """One in-memory connection, driven by the connector's loop."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, client: MemoryClient) -> None:
+        self._loop, self._client = loop, client
+
+    def send(self, data: bytes) -> None:
+        self._loop.run_until_complete(self._client.send(data))  # OSError if closed
+
+    def recv(self, timeout: float) -> bytes:
+        try:
+            return self._loop.run_until_complete(self._client.recv(timeout))
+        except ConnectionAbortedError:
+            return b""
+
+    def starttls(self, login: Login, deadline: float) -> None:
+        raise LoginFailed("no TLS in memory: the sessions run as after STARTTLS already")
+
+    def close(self) -> None:
+        self._client.close()
+        # let the session see the FIN (or reset) and end now, not at the next dialogue
+        self._loop.run_until_complete(asyncio.sleep(0))
+
+
+class MemoryConnector:
+    """The reference server's listener ``listener`` of ``config``, in memory.
+
+    Use as a context manager (or call :meth:`close`): it stops the server (closing
+    its storage) and the loop.
+    """
+
+    def __init__(self, config: ServerConfig, listener: str, *, assume_tls: bool = True) -> None:
+        self.listener = listener
+        self._loop = asyncio.new_event_loop()
+        try:
+            self.server = MemoryServer(config, assume_tls=assume_tls)
+            self.server.listener(listener)  # KeyError now rather than at the first dialogue
+        except BaseException:
+            self._loop.close()
+            raise
+
+    def open(self) -> Channel:
+        client = self._loop.run_until_complete(self.server.connect(self.listener))
+        return MemoryChannel(self._loop, client)
+
+    def close(self) -> None:
+        if self._loop.is_closed():
+            return
+        try:
+            self._loop.run_until_complete(self.server.stop())
+            pending = asyncio.all_tasks(self._loop)
+            for task in pending:
+                task.cancel()
+            if pending:
+                with contextlib.suppress(BaseException):
+                    self._loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+            self._loop.run_until_complete(self._loop.shutdown_asyncgens())
+        finally:
+            self._loop.close()
+
+    def __enter__(self) -> MemoryConnector:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+def dev_memory_target(base_dir: Path) -> tuple[ServerConfig, Target]:
+    """A development setup (:func:`reference_server.devsetup.dev_config`) in ``base_dir``
+    and a :class:`Target` describing it for the strategies and the scenario writer.
+
+    The services carry the listeners' names and TLS modes; host ``memory`` and port 0
+    say they are not reachable over the network.
+    """
+    config, passwords = dev_config(base_dir)
+    services = {
+        name: Service(name=name, host="memory", port=0, tls=TlsMode(lst.tls.value))
+        for name, lst in config.listeners.items()
+    }
+    domain = config.domains[0]
+    accounts = {
+        name: Account(name=name, address=f"{name}@{domain}", username=name, password=password)
+        for name, password in passwords.items()
+    }
+    target = Target(
+        host="memory",
+        domain=domain,
+        services=services,
+        accounts=accounts,
+        server_name=config.hostname,
+    )
+    return config, target
