@@ -915,20 +915,27 @@ class ToyImap:
             raise Refused("bad STATUS items")
         with self.toy.lock:
             folder = self.target(args[0])
-            uids = folder.sync()
-            values = {
-                "MESSAGES": len(uids),
-                "RECENT": 0,
-                "UIDNEXT": folder.uidnext,
-                "UIDVALIDITY": folder.uidvalidity,
-                "UNSEEN": sum("\\Seen" not in folder.flags.get(u, ()) for u in uids),
-                "DELETED": sum("\\Deleted" in folder.flags.get(u, ()) for u in uids),
-            }
+            values = self.status_values(folder, folder.sync())
         if any(i.upper() not in values for i in items):
             raise Refused("unknown STATUS item")
+        self.status_checked([i.upper() for i in items])
         data = " ".join(f"{i.upper()} {values[i.upper()]}" for i in items)
         self.untagged(f"STATUS {_quote(_text(args[0]))} ({data})")
         self.ok(tag, "STATUS completed")
+
+    def status_values(self, folder: _Folder, uids: list[int]) -> dict[str, object]:
+        """The STATUS items this toy knows, for ``folder`` (subclasses add more)."""
+        return {
+            "MESSAGES": len(uids),
+            "RECENT": 0,
+            "UIDNEXT": folder.uidnext,
+            "UIDVALIDITY": folder.uidvalidity,
+            "UNSEEN": sum("\\Seen" not in folder.flags.get(u, ()) for u in uids),
+            "DELETED": sum("\\Deleted" in folder.flags.get(u, ()) for u in uids),
+        }
+
+    def status_checked(self, items: list[str]) -> None:
+        """Called once the STATUS items are known to be valid, before the answer."""
 
     def do_append(self, tag: str, args: list[str | bytes]) -> None:
         assert self.user is not None

@@ -139,31 +139,16 @@ class ExtToy(ToyImap):
             raise Refused("UNSELECT takes no arguments")
         super().do_unselect(tag, args)
 
-    def do_status(self, tag: str, args: Args) -> None:
-        if len(args) < 2:
-            raise Refused("STATUS takes a mailbox name and a list of items")
-        items, rest = _parens(args[1:])
-        if rest or not items:
-            raise Refused("bad STATUS items")
-        with self.toy.lock:
-            folder = self.target(args[0])
-            uids = folder.sync()
-            values = {
-                "MESSAGES": len(uids),
-                "RECENT": 0,
-                "UIDNEXT": folder.uidnext,
-                "UIDVALIDITY": folder.uidvalidity,
-                "UNSEEN": sum("\\Seen" not in folder.flags.get(u, ()) for u in uids),
-                "HIGHESTMODSEQ": mods(folder).highest,
-                "APPENDLIMIT": APPEND_LIMIT,
-            }
-        if any(i.upper() not in values for i in items):
-            raise Refused("unknown STATUS item")
-        if "HIGHESTMODSEQ" in (i.upper() for i in items):
+    def status_values(self, folder: _Folder, uids: list[int]) -> dict[str, object]:
+        return {
+            **super().status_values(folder, uids),
+            "HIGHESTMODSEQ": mods(folder).highest,
+            "APPENDLIMIT": APPEND_LIMIT,
+        }
+
+    def status_checked(self, items: list[str]) -> None:
+        if "HIGHESTMODSEQ" in items:
             self.status_enables()
-        data = " ".join(f"{i.upper()} {values[i.upper()]}" for i in items)
-        self.untagged(f"STATUS {_quote(_text(args[0]))} ({data})")
-        self.ok(tag, "STATUS completed")
 
     def status_enables(self) -> None:
         """STATUS (HIGHESTMODSEQ) is a CONDSTORE enabling command (RFC 7162 §3.1)."""
