@@ -1,4 +1,5 @@
-"""Helpers shared by the POP3 and IMAP fuzzer tests: target files and the CLI."""
+"""Helpers shared by the POP3 and IMAP fuzzer tests: target files, the CLI, and the
+find-then-replay check every hidden-bug test makes."""
 
 from __future__ import annotations
 
@@ -8,10 +9,11 @@ from typing import Any
 
 import yaml
 from click.testing import CliRunner
-from scripted import ScriptConn, TestCerts
+from scripted import ScriptConn, ScriptedServer, TestCerts
 
 from conformance.cli import main
-from conformance.fuzz.dialogue import Login
+from conformance.fuzz import fuzz, write_finding
+from conformance.fuzz.dialogue import Finding, Login, ProtocolFuzz
 from conformance.targets import Target, load_target
 
 PASSWORD = "fuzz-pw"
@@ -77,3 +79,42 @@ def nodelay(conn: ScriptConn) -> None:
 def run_cli(*args: str) -> tuple[int, str]:
     result = CliRunner().invoke(main, list(args), catch_exceptions=False)
     return result.exit_code, result.output
+
+
+def find_and_replay(
+    protocol: ProtocolFuzz,
+    service: str,
+    handler: Any,
+    kind: str,
+    needle: bytes,
+    tmp_path: Path,
+    certs: TestCerts,
+    *,
+    max_examples: int,
+    deadline: float,
+) -> tuple[Path, Finding]:
+    """Fuzz a scripted server hiding one bug (seed 7, logged in after STARTTLS): a finding
+    of ``kind`` whose dialogue sends ``needle`` is saved as a scenario that validates and
+    fails against that server. Returns the scenario file and the finding."""
+    with ScriptedServer(handler, certs=certs) as srv:
+        tfile = scripted_target(tmp_path, service, srv.port, certs)
+        target = load(tfile)
+        login = login_for(target, service)
+        report = fuzz(
+            protocol, target, target.services[service], seed_value=7,
+            max_examples=max_examples, deadline=deadline, login=login,
+        )  # fmt: skip
+        found = [f for f in report.findings if f.kind == kind]
+        assert found, [f.message for f in report.findings]
+        finding = found[0]
+        assert any(needle in r.send.wire for r in finding.records), finding.records
+        path, new = write_finding(
+            protocol, finding, target, service, tmp_path / "found", deadline=deadline,
+            login=login,
+        )  # fmt: skip
+        assert new
+        assert "starttls: true" in path.read_text()
+        assert run_cli("validate", str(path))[0] == 0
+        code, output = run_cli("run", str(path), "--target", str(tfile))
+        assert code == 1, output
+    return path, finding

@@ -9,16 +9,16 @@ from pathlib import Path
 import pytest
 from fuzz_support import (
     PASSWORD,
+    find_and_replay,
     load,
     login_for,
     nodelay,
     reference_target,
     run_cli,
-    scripted_target,
 )
-from scripted import ScriptConn, ScriptedServer, TestCerts
+from scripted import ScriptConn, TestCerts
 
-from conformance.fuzz import PROTOCOLS, fuzz, write_finding
+from conformance.fuzz import PROTOCOLS, fuzz
 
 IMAP = PROTOCOLS["imap"]
 DEADLINE = 0.3
@@ -175,27 +175,10 @@ def buggy_imap(bug: str) -> Callable[[ScriptConn], None]:
 def test_fuzzer_finds_the_hidden_bug_and_the_scenario_replays_it(
     bug: str, kind: str, needle: bytes, tmp_path: Path, mail_server, test_certs: TestCerts
 ) -> None:
-    with ScriptedServer(buggy_imap(bug), certs=test_certs) as srv:
-        tfile = scripted_target(tmp_path, "imap", srv.port, test_certs)
-        target = load(tfile)
-        login = login_for(target, "imap")
-        report = fuzz(
-            IMAP, target, target.services["imap"], seed_value=7, max_examples=600,
-            deadline=DEADLINE, login=login,
-        )  # fmt: skip
-        found = [f for f in report.findings if f.kind == kind]
-        assert found, [f.message for f in report.findings]
-        finding = found[0]
-        assert any(needle in r.send.wire for r in finding.records), finding.records
-        out = tmp_path / "found"
-        path, new = write_finding(
-            IMAP, finding, target, "imap", out, deadline=DEADLINE, login=login
-        )
-        assert new
-        assert "starttls: true" in path.read_text()
-        assert run_cli("validate", str(path))[0] == 0
-        code, output = run_cli("run", str(path), "--target", str(tfile))
-        assert code == 1, output
+    path, _ = find_and_replay(
+        IMAP, "imap", buggy_imap(bug), kind, needle, tmp_path, test_certs,
+        max_examples=600, deadline=DEADLINE,
+    )  # fmt: skip
     ref = reference_target(mail_server, tmp_path, "imap")
     code, output = run_cli("run", str(path), "--target", str(ref))
     assert code == 0, output + path.read_text()

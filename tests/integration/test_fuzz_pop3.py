@@ -9,16 +9,16 @@ from pathlib import Path
 import pytest
 from fuzz_support import (
     PASSWORD,
+    find_and_replay,
     load,
     login_for,
     nodelay,
     reference_target,
     run_cli,
-    scripted_target,
 )
-from scripted import ScriptConn, ScriptedServer, TestCerts
+from scripted import ScriptConn, TestCerts
 
-from conformance.fuzz import PROTOCOLS, fuzz, write_finding
+from conformance.fuzz import PROTOCOLS, fuzz
 
 POP3 = PROTOCOLS["pop3"]
 DEADLINE = 0.3
@@ -107,29 +107,12 @@ def transaction(verb: str, arg: str, deleted: set[int], bug: str, conn: ScriptCo
 def test_fuzzer_finds_the_hidden_bug_and_the_scenario_replays_it(
     bug: str, kind: str, needle: bytes, tmp_path: Path, mail_server, test_certs: TestCerts
 ) -> None:
-    with ScriptedServer(buggy_pop3(bug), certs=test_certs) as srv:
-        tfile = scripted_target(tmp_path, "pop3", srv.port, test_certs)
-        target = load(tfile)
-        login = login_for(target, "pop3")
-        report = fuzz(
-            POP3, target, target.services["pop3"], seed_value=7, max_examples=300,
-            deadline=DEADLINE, login=login,
-        )  # fmt: skip
-        found = [f for f in report.findings if f.kind == kind]
-        assert found, [f.message for f in report.findings]
-        finding = found[0]
-        assert any(needle in r.send.wire for r in finding.records)
-        assert len(finding.records) <= 6  # shrunk
-        out = tmp_path / "found"
-        path, new = write_finding(
-            POP3, finding, target, "pop3", out, deadline=DEADLINE, login=login
-        )
-        assert new
-        text = path.read_text()
-        assert "starttls: true" in text and "mechanism: native" in text
-        assert run_cli("validate", str(path))[0] == 0
-        code, output = run_cli("run", str(path), "--target", str(tfile))
-        assert code == 1, output
+    path, finding = find_and_replay(
+        POP3, "pop3", buggy_pop3(bug), kind, needle, tmp_path, test_certs,
+        max_examples=300, deadline=DEADLINE,
+    )  # fmt: skip
+    assert len(finding.records) <= 6  # shrunk
+    assert "mechanism: native" in path.read_text()
     mail_server.deliver("alice", MESSAGES[0])
     ref = reference_target(mail_server, tmp_path, "pop3")
     code, output = run_cli("run", str(path), "--target", str(ref))
