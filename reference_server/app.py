@@ -6,7 +6,7 @@ import asyncio
 import logging
 import signal
 import ssl
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from .auth import Accounts
@@ -54,6 +54,26 @@ class MailServer:
         self.bound: dict[str, tuple[str, int]] = {}
         self.queue = QueueRunner(self)
         self.control = ControlServer(self.queue, config.data_dir)
+
+    def mailbox_for(self, address: str) -> str | None:
+        """The account that receives ``address``, an address in a local domain or the bare
+        ``postmaster``: the postmaster account for postmaster (RFC 5321 §4.5.1), else the
+        account owning the address; None when no account does."""
+        if address.partition("@")[0].lower() == "postmaster":
+            return self.config.postmaster
+        owner = self.accounts.owner_of(address)
+        return owner.username if owner is not None else None
+
+    async def deliver_final(self, users: Sequence[str], reverse_path: str, message: bytes) -> None:
+        """Final delivery into local mailboxes: ``Return-Path:`` first (RFC 5321 §4.4), stored
+        durably, then IMAP sessions on those INBOXes (IDLE) are told.
+
+        Raises:
+            OSError: the message could not be stored.
+        """
+        await self.store.deliver(users, f"Return-Path: <{reverse_path}>\r\n".encode() + message)
+        for user in users:
+            self.imap_store.notify_delivery(user)
 
     def _tls_context(self) -> ssl.SSLContext | None:
         """The certificate from the config, or a generated development one; None without TLS."""

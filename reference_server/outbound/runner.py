@@ -394,20 +394,13 @@ class QueueRunner:
 
     async def deliver_notice(self, to: str, message: bytes) -> None:
         """Store a message from the mail system itself: locally, or queued with a null sender."""
-        local, _, domain = to.rpartition("@")
+        domain = to.rpartition("@")[2]
         if domain and self.config.is_local(domain):
-            server = self.server
-            if local.lower() == "postmaster":
-                user: str | None = self.config.postmaster
-            else:
-                owner = server.accounts.owner_of(to)
-                user = owner.username if owner is not None else None
+            user = self.server.mailbox_for(to)
             if user is None:
                 log.warning("queue: notice to unknown local address <%s> dropped", to)
                 return
-            # final delivery of a message sent with the null reverse-path (RFC 5321 §4.4)
-            await server.store.deliver([user], b"Return-Path: <>\r\n" + message)
-            server.imap_store.notify_delivery(user)
+            await self.server.deliver_final([user], "", message)  # the null reverse-path
             return
         queue_id = await self.spool.enqueue("", [to], message)
         self.submitted(queue_id)

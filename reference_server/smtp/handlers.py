@@ -218,16 +218,11 @@ async def rcpt(session: SmtpSession, cmd: Command) -> Reply:
     address = args.address
     config = session.server.config
     domain = address.rpartition("@")[2].lower() if "@" in address else None
-    if address == "postmaster" or (
-        domain in config.domains and address.partition("@")[0].lower() == "postmaster"
-    ):
-        env.local[address] = config.postmaster  # RFC 5321 §4.5.1: always accepted
-        return _ok("recipient OK", "2.1.5")
-    if domain in config.domains:
-        owner = session.server.accounts.owner_of(address)
-        if owner is None:
+    if address == "postmaster" or domain in config.domains:
+        user = session.server.mailbox_for(address)  # postmaster always has one (§4.5.1)
+        if user is None:
             return _reply(550, "5.1.1", f"no mailbox here by that name: <{address}>")
-        env.local[address] = owner.username
+        env.local[address] = user
         return _ok("recipient OK", "2.1.5")
     if session.user is None:
         return _reply(550, "5.7.1", f"relaying denied: <{address}> is not local")
@@ -315,12 +310,7 @@ async def _store(session: SmtpSession, message: bytes) -> None:
     """Every local mailbox, then the spool for remote recipients; raises if any fails."""
     env, server = session.envelope, session.server
     if env.local:
-        users = sorted(set(env.local.values()))
-        # RFC 5321 §4.4: final delivery inserts the reverse-path as Return-Path
-        return_path = f"Return-Path: <{env.sender or ''}>\r\n".encode()
-        await server.store.deliver(users, return_path + message)
-        for user in users:  # IMAP sessions on these INBOXes (IDLE) hear of it now
-            server.imap_store.notify_delivery(user)
+        await server.deliver_final(sorted(set(env.local.values())), env.sender or "", message)
     if env.remote:
         peer = session.conn.peer[0]
         queue_id = await server.spool.enqueue(
