@@ -20,8 +20,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
+from click.testing import CliRunner
 from scripted import ScriptConn, ScriptedServer, TestCerts
 
+from conformance.cli import main
 from conformance.results import ScenarioResult, Status
 from conformance.scenario.loader import load_paths
 from conformance.scenario.runner import Runner
@@ -34,6 +36,7 @@ __all__ = [
     "assert_passed",
     "expect_yaml",
     "explain",
+    "run_cli",
     "run_scenario",
     "send_reply",
 ]
@@ -213,3 +216,9 @@ def expect_yaml(command: str, expect: str, extra: Sequence[str] = ()) -> str:
     lines.append(f"  expect: {expect}")
     lines.extend(f"  {line}" for line in extra)
     return "\n".join(lines) + "\n"
+
+
+def run_cli(*args: str) -> tuple[int, str]:
+    """``mailharness ARGS`` in this process: (exit code, output)."""
+    result = CliRunner().invoke(main, list(args), catch_exceptions=False)
+    return result.exit_code, result.output

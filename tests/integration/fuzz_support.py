@@ -8,10 +8,9 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from click.testing import CliRunner
+from engine_helpers import run_cli
 from scripted import ScriptConn, ScriptedServer, TestCerts
 
-from conformance.cli import main
 from conformance.fuzz import fuzz, write_finding
 from conformance.fuzz.dialogue import Finding, Login, ProtocolFuzz
 from conformance.targets import Target, load_target
@@ -74,11 +73,6 @@ def load(path: Path) -> Target:
 def nodelay(conn: ScriptConn) -> None:
     """Answers of several lines go out at once (no Nagle wait on loopback)."""
     conn._sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-
-
-def run_cli(*args: str) -> tuple[int, str]:
-    result = CliRunner().invoke(main, list(args), catch_exceptions=False)
-    return result.exit_code, result.output
 
 
 def find_and_replay(

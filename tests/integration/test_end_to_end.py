@@ -15,9 +15,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from click.testing import CliRunner
+from engine_helpers import run_cli
 
-from conformance.cli import main
 from conformance.results import Status
 from conformance.scenario.loader import load_paths
 from conformance.scenario.runner import Runner
@@ -41,11 +40,6 @@ def toy_suite(tmp_path: Path) -> Path:
         (suite / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(ROOT / "scenarios" / name, suite / name)
     return suite
-
-
-def run_cli(*args: str) -> tuple[int, str]:
-    result = CliRunner().invoke(main, list(args), catch_exceptions=False)
-    return result.exit_code, result.output
 
 
 def test_shipped_scenarios_pass_against_the_toy_servers(toy_servers, tmp_path):

@@ -9,10 +9,9 @@ from typing import Any
 
 import pytest
 import yaml
-from click.testing import CliRunner
+from engine_helpers import run_cli
 from scripted import ScriptConn, ScriptedServer
 
-from conformance.cli import main
 from conformance.fuzz import PROTOCOLS, fuzz, write_finding
 from conformance.targets import load_target
 
@@ -104,11 +103,6 @@ def target_file(tmp_path: Path, port: int) -> Path:
         )
     )
     return path
-
-
-def run_cli(*args: str) -> tuple[int, str]:
-    result = CliRunner().invoke(main, list(args), catch_exceptions=False)
-    return result.exit_code, result.output
 
 
 @pytest.mark.parametrize(

@@ -6,14 +6,7 @@ import json
 import textwrap
 from pathlib import Path
 
-from click.testing import CliRunner
-
-from conformance.cli import main
-
-
-def run_cli(*args: str) -> tuple[int, str]:
-    result = CliRunner().invoke(main, list(args), catch_exceptions=False)
-    return result.exit_code, result.output
+from engine_helpers import run_cli
 
 
 def scenario(tmp_path: Path, name: str, covers: str, code: int) -> Path:
