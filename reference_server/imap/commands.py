@@ -529,11 +529,7 @@ async def _search(session: ImapSession, cmd: Search) -> None:
         session.send(await asyncio.to_thread(run))
     else:  # flags, sizes, dates, sets: memory only, cheaper than a thread hop
         session.send(run())
-    session.expunge_allowed = cmd.uid  # RFC 9051 §7.5.1: no EXPUNGE during SEARCH
-    try:
-        session.ok(cmd.tag, f"{'UID ' if cmd.uid else ''}SEARCH completed")
-    finally:
-        session.expunge_allowed = True
+    session.ok(cmd.tag, f"{'UID ' if cmd.uid else ''}SEARCH completed")
 
 
 async def _fetch(session: ImapSession, cmd: Fetch) -> None:
@@ -617,16 +613,12 @@ async def _fetch(session: ImapSession, cmd: Fetch) -> None:
         missing += lost
         session.send(chunk)
         await session.flush()
-    session.expunge_allowed = cmd.uid
-    try:
-        if unknown_cte:  # RFC 9051 §6.4.5: BINARY of a part we cannot decode
-            session.no(cmd.tag, unknown_cte[0], "UNKNOWN-CTE")
-        elif missing and not cmd.uid:  # RFC 9051 §6.4.9: UIDs that are gone are ignored
-            session.no(cmd.tag, "some of the messages no longer exist", "EXPUNGEISSUED")
-        else:
-            session.ok(cmd.tag, f"{'UID ' if cmd.uid else ''}FETCH completed")
-    finally:
-        session.expunge_allowed = True
+    if unknown_cte:  # RFC 9051 §6.4.5: BINARY of a part we cannot decode
+        session.no(cmd.tag, unknown_cte[0], "UNKNOWN-CTE")
+    elif missing and not cmd.uid:  # RFC 9051 §6.4.9: UIDs that are gone are ignored
+        session.no(cmd.tag, "some of the messages no longer exist", "EXPUNGEISSUED")
+    else:
+        session.ok(cmd.tag, f"{'UID ' if cmd.uid else ''}FETCH completed")
 
 
 def _is_whole(att: object) -> bool:
@@ -693,18 +685,12 @@ async def _store_flags(session: ImapSession, cmd: Store) -> None:
                     seq, info, recent=uid in view.watch.recent, uid=cmd.uid, modseq=view.condstore
                 )
             )
-    session.expunge_allowed = cmd.uid
-    try:
-        if modified:
-            positions = view.positions()
-            numbers = modified if cmd.uid else {positions[u] for u in modified if u in positions}
-            session.ok(
-                cmd.tag, "conditional STORE failed for some", f"MODIFIED {_uid_set(numbers)}"
-            )
-        else:
-            session.ok(cmd.tag, f"{'UID ' if cmd.uid else ''}STORE completed")
-    finally:
-        session.expunge_allowed = True
+    if modified:
+        positions = view.positions()
+        numbers = modified if cmd.uid else {positions[u] for u in modified if u in positions}
+        session.ok(cmd.tag, "conditional STORE failed for some", f"MODIFIED {_uid_set(numbers)}")
+    else:
+        session.ok(cmd.tag, f"{'UID ' if cmd.uid else ''}STORE completed")
 
 
 async def _copy_move(session: ImapSession, cmd: CopyMove) -> None:

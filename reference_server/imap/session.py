@@ -62,6 +62,9 @@ __all__ = ["Handler", "ImapSession", "State"]
 log = logging.getLogger("reference_server.imap")
 
 
+_NO_EXPUNGE_DURING = frozenset({"FETCH", "STORE", "SEARCH"})  # RFC 9051 §7.5.1
+
+
 class State(enum.Enum):
     NOT_AUTHENTICATED = "not authenticated"
     AUTHENTICATED = "authenticated"
@@ -171,7 +174,7 @@ class ImapSession:
         if self.selected is not None and self.state is State.SELECTED:
             self.send(self.selected.pending_updates(allow_expunge=self.expunge_allowed))
 
-    expunge_allowed = True  # set False while FETCH, STORE or SEARCH (non-UID) runs
+    expunge_allowed = True  # False while FETCH, STORE or SEARCH (not the UID forms) runs
 
     async def flush(self) -> None:
         if self._out:
@@ -256,6 +259,16 @@ class ImapSession:
         self.send(b"+ go ahead\r\n")
 
     async def _command(self, cmd: ImapCommand) -> None:
+        # RFC 9051 §7.5.1: no EXPUNGE while responding to FETCH, STORE or SEARCH (the UID
+        # forms excepted), whatever the answer: a client's message numbers stay valid
+        # through a refused FETCH just as through a completed one
+        self.expunge_allowed = cmd.uid or cmd.name not in _NO_EXPUNGE_DURING
+        try:
+            await self._run_command(cmd)
+        finally:
+            self.expunge_allowed = True
+
+    async def _run_command(self, cmd: ImapCommand) -> None:
         entry = _HANDLERS.get(cmd.name)
         if entry is None:
             self.bad(cmd.tag, f"unknown command {cmd.name}")

@@ -582,6 +582,24 @@ def test_no_expunge_during_fetch_store_or_search(mail_server, command):
     assert b.uid_map() == {1: uids[1], 2: uids[3], 3: uids[4], 4: uids[5]}
 
 
+@pytest.mark.parametrize(
+    "command",
+    ["FETCH 3 BODY.PEEK[MIME]", "FETCH 9 (FLAGS)", "STORE 3 +FLAGS (", "SEARCH NOSUCHKEY"],
+)
+def test_no_expunge_with_a_refused_fetch_store_or_search(mail_server, command):
+    """RFC 9051 §7.5.1 holds for a FETCH, STORE or SEARCH answered BAD too: a client that
+    goes on with its message numbers (as after the MIME part FETCH a suite sends) must not
+    have them shifted under it."""
+    fill_inbox(mail_server, 5)
+    b = connect(mail_server)
+    b.select()
+    _expunge_message_2_elsewhere(mail_server)
+    reply = b.command(command)
+    assert reply.status == "BAD", reply
+    assert reply.numbers("EXPUNGE") == [], reply
+    assert b.ok("NOOP").numbers("EXPUNGE") == [2]
+
+
 def test_a_held_back_expunge_comes_with_noop_or_a_uid_command(mail_server):
     """After FETCH and SEARCH held it back, the EXPUNGE comes with the next command that
     may carry it: UID FETCH may (RFC 9051 §7.5.1 allows it), NOOP must."""
