@@ -216,8 +216,13 @@ class MemoryClient:
         unread: :meth:`recv` returns them, then ``b""``)."""
         return self._t._client_closed or self._t._closing
 
-    async def send(self, data: bytes) -> None:
-        """Send ``data`` to the server; waits only while the server is not reading.
+    def send_nowait(self, data: bytes) -> bool:
+        """Hand ``data`` to the server now, without the event loop; ``False`` if the
+        server holds back more than ``buffer_limit`` bytes (await :meth:`send` then).
+
+        The server's session sees the bytes the next time the loop runs. This is
+        :meth:`send` without the coroutine, for a synchronous driver that runs the
+        loop only while it waits for an answer (the fuzzer's memory connector).
 
         Raises:
             ConnectionAbortedError: this end was closed.
@@ -230,6 +235,18 @@ class MemoryClient:
             raise BrokenPipeError("the server closed the connection")
         t._to_server += data
         t._feed()
+        return len(t._to_server) <= t._limit or t._closing
+
+    async def send(self, data: bytes) -> None:
+        """Send ``data`` to the server; waits only while the server is not reading.
+
+        Raises:
+            ConnectionAbortedError: this end was closed.
+            BrokenPipeError: the server closed the connection.
+        """
+        if self.send_nowait(data):
+            return
+        t = self._t
         while len(t._to_server) > t._limit and not t._closing:
             waiter = t._send_waiter = t._loop.create_future()
             try:
@@ -259,6 +276,29 @@ class MemoryClient:
                 raise TimeoutError(f"nothing received within {timeout:g}s")
             if t._client_closed:
                 raise ConnectionAbortedError("the client closed this connection")
+        data = bytes(t._to_client)
+        t._to_client.clear()
+        if t._writing_paused and not t._lost:
+            t._writing_paused = False
+            t._protocol.resume_writing()
+        return data
+
+    def readable(self) -> bool:
+        """:meth:`recv_nowait` has something to return (bytes, EOF, or the error)."""
+        t = self._t
+        return bool(t._to_client) or t._closing or t._client_closed
+
+    def recv_nowait(self) -> bytes | None:
+        """Everything the server sent so far, ``b""`` at EOF, ``None`` if nothing yet.
+
+        Raises:
+            ConnectionAbortedError: this end was closed.
+        """
+        t = self._t
+        if t._client_closed:
+            raise ConnectionAbortedError("the client closed this connection")
+        if not t._to_client:
+            return b"" if t._closing else None
         data = bytes(t._to_client)
         t._to_client.clear()
         if t._writing_paused and not t._lost:

@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import selectors
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 
@@ -33,6 +35,55 @@ from reference_server.memory import MemoryClient, MemoryServer
 __all__ = ["MemoryChannel", "MemoryConnector", "dev_memory_target"]
 
 
+def _pump(loop: asyncio.AbstractEventLoop, done: Callable[[], bool], timeout: float) -> bool:
+    """Run ``loop`` in this thread until ``done()`` or ``timeout`` seconds passed;
+    ``False`` (and nothing run) if the loop is not a stock asyncio loop.
+
+    ``run_until_complete`` would do, but costs a task, a done-callback and one more
+    loop iteration (for the stop) on every answer; this runs the loop's iterations
+    one at a time and checks ``done`` after each (docs/benchmarks.md, issue 8).
+    ``_run_once`` is private to asyncio's base loop (3.11 to 3.14 have it); any
+    other loop takes the public way.
+    """
+    run_once = getattr(loop, "_run_once", None)
+    if run_once is None or loop.is_running():
+        return False
+    end = loop.time() + timeout
+    alarm = loop.call_at(end, _nothing)  # wakes a selector that would block past the end
+    asyncio.events._set_running_loop(loop)
+    try:
+        while not done() and loop.time() < end:
+            run_once()
+    finally:
+        asyncio.events._set_running_loop(None)
+        alarm.cancel()
+    return True
+
+
+def _nothing() -> None:
+    pass
+
+
+class _LazySelector(selectors.DefaultSelector):
+    """A selector that skips most non-blocking polls.
+
+    The loop polls its selector once per iteration, with timeout 0 while callbacks
+    are ready; in memory no socket is registered (only the loop's self-pipe, whose
+    callbacks are queued anyway), yet each poll is a system call, and here one of
+    the largest costs of a fuzz step. A poll that may block, and every 64th, still
+    goes to the kernel, so a wake-up from another thread is never lost.
+    """
+
+    _skipped = 0
+
+    def select(self, timeout: float | None = None) -> list[tuple[selectors.SelectorKey, int]]:
+        if timeout is not None and timeout <= 0 and self._skipped < 64:
+            self._skipped += 1
+            return []
+        self._skipped = 0
+        return super().select(timeout)
+
+
 class MemoryChannel:
     """One in-memory connection, driven by the connector's loop."""
 
@@ -40,13 +91,23 @@ class MemoryChannel:
         self._loop, self._client = loop, client
 
     def send(self, data: bytes) -> None:
-        self._loop.run_until_complete(self._client.send(data))  # OSError if closed
+        # OSError if closed; the loop runs only when the server holds back too much
+        if not self._client.send_nowait(data):
+            self._loop.run_until_complete(self._client.send(b""))
 
     def recv(self, timeout: float) -> bytes:
+        client = self._client
         try:
-            return self._loop.run_until_complete(self._client.recv(timeout))
+            data = client.recv_nowait()
+            if data is None:
+                if not _pump(self._loop, client.readable, timeout):
+                    return self._loop.run_until_complete(client.recv(timeout))
+                data = client.recv_nowait()
         except ConnectionAbortedError:
             return b""
+        if data is None:
+            raise TimeoutError(f"nothing received within {timeout:g}s")
+        return data
 
     def starttls(self, login: Login, deadline: float) -> None:
         raise LoginFailed("no TLS in memory: the sessions run as after STARTTLS already")
@@ -66,7 +127,7 @@ class MemoryConnector:
 
     def __init__(self, config: ServerConfig, listener: str, *, assume_tls: bool = True) -> None:
         self.listener = listener
-        self._loop = asyncio.new_event_loop()
+        self._loop = asyncio.SelectorEventLoop(_LazySelector())
         try:
             self.server = MemoryServer(config, assume_tls=assume_tls)
             self.server.listener(listener)  # KeyError now rather than at the first dialogue

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import socket
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -147,3 +148,23 @@ def test_differential_in_memory_against_itself_over_sockets(mail_server, tmp_pat
         "--seed", "4", "--out", str(tmp_path / "out"),
     )  # fmt: skip
     assert code == 0, output
+
+
+def test_memory_channel_answers_times_out_and_sees_the_close(tmp_path: Path) -> None:
+    """The connector's channel runs the loop only while it waits: an answer, a wait that
+    ends at its timeout (the hang oracle's case), and EOF after QUIT."""
+    config, _ = dev_memory_target(tmp_path)
+    with MemoryConnector(config, "mx") as conn:
+        chan = conn.open()
+        assert chan.recv(5.0).startswith(b"220")
+        chan.send(b"NOOP")  # no CRLF: the server waits for the rest of the line
+        started = time.monotonic()
+        with pytest.raises(TimeoutError):
+            chan.recv(0.2)
+        assert 0.15 < time.monotonic() - started < 2.0
+        chan.send(b"\r\n")
+        assert chan.recv(5.0).startswith(b"250")
+        chan.send(b"QUIT\r\n")
+        assert chan.recv(5.0).startswith(b"221")
+        assert chan.recv(5.0) == b""
+        chan.close()

@@ -342,6 +342,35 @@ def test_the_server_waits_while_the_client_does_not_read(config: ServerConfig, p
     run(config, body, buffer_limit=64 * 1024)
 
 
+def test_send_nowait_and_recv_nowait_without_running_the_loop(config: ServerConfig) -> None:
+    """The synchronous half of the client: bytes go in at once, the answer is there
+    only after the loop ran; EOF is ``b""``, nothing yet is ``None``."""
+
+    async def body(srv: MemoryServer) -> None:
+        wire = await greeted(srv)
+        client = wire.client
+        assert client.recv_nowait() is None and not client.readable()
+        assert client.send_nowait(b"NOOP\r\n")
+        assert client.recv_nowait() is None  # the session has not run yet
+        for _ in range(100):
+            if client.readable():
+                break
+            await asyncio.sleep(0)
+        assert (client.recv_nowait() or b"").startswith(b"250")
+        assert client.send_nowait(b"QUIT\r\n")
+        while not client.closed:
+            await asyncio.sleep(0.001)
+        assert (client.recv_nowait() or b"").startswith(b"221")
+        assert client.recv_nowait() == b""  # EOF
+        with pytest.raises(BrokenPipeError):
+            client.send_nowait(b"NOOP\r\n")
+        client.close()
+        with pytest.raises(ConnectionAbortedError):
+            client.recv_nowait()
+
+    run(config, body)
+
+
 def test_stop_says_goodbye_to_open_sessions(config: ServerConfig) -> None:
     async def main() -> None:
         srv = MemoryServer(config)

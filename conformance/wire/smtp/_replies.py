@@ -151,6 +151,9 @@ class Reply:
         return len(self.lines) > 1
 
 
+_CONTROL = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")  # what textstring leaves out, but 8-bit
+
+
 def _decode(data: bytes) -> str:
     return data.decode("utf-8", errors="surrogateescape")
 
@@ -246,13 +249,13 @@ class SmtpReplyReader(ReaderBase[Reply]):
         # Bytes >= 0x80 are let through: SMTPUTF8 servers (RFC 6531) put UTF-8
         # in reply text, and a reader that failed on them would hide every other
         # finding in the session. Control characters have no such excuse.
-        for column, byte in enumerate(text, start=5):
-            if (byte < 0x20 and byte != 0x09) or byte == 0x7F:
-                raise RemoteProtocolError(
-                    f"reply line {number} has control character {bytes([byte])!r} at byte "
-                    f"{column} (textstring allows HT, SP and printable characters only)",
-                    rfc_ref=_GRAMMAR,
-                )
+        bad = _CONTROL.search(text)
+        if bad is not None:
+            raise RemoteProtocolError(
+                f"reply line {number} has control character {bad.group()!r} at byte "
+                f"{bad.start() + 5} (textstring allows HT, SP and printable characters only)",
+                rfc_ref=_GRAMMAR,
+            )
 
     def _finish(self) -> Reply:
         match = _ENHANCED.match(self._lines[0])
