@@ -29,6 +29,7 @@ from reference_server.config import ConfigError, load_config
 from reference_server.controller import ServerThread
 from reference_server.devsetup import dev_config, write_target
 from reference_server.outbound.settings import Route, TlsPolicy
+from reference_server.web.listener import web_url
 
 from . import __version__
 from ._yaml import LoadError
@@ -529,6 +530,8 @@ def serve(config_path: Path | None, data_dir: Path | None, target_out: Path | No
         for name, (host, port) in server.bound.items():
             lst = config.listeners[name]
             click.echo(f"listening: {name} ({lst.kind}, tls {lst.tls}) on {host}:{port}")
+            if lst.kind == "http":
+                click.echo(f"webmail: {web_url(host, port, str(lst.tls))}")
         click.echo(f"data: {config.data_dir}")
         for user, password in passwords.items():
             click.echo(f"account: {user} password {password}")

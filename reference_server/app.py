@@ -10,7 +10,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from .auth import Accounts
-from .config import IMAP_KINDS, POP3_KINDS, SMTP_KINDS, ListenerKind, ServerConfig
+from .config import HTTP_KINDS, IMAP_KINDS, POP3_KINDS, SMTP_KINDS, ListenerKind, ServerConfig
 from .imap.server import ImapListener
 from .listener import Listener
 from .outbound.control import ControlServer
@@ -21,6 +21,7 @@ from .storage import MaildirStore, OutboundSpool
 from .storage.imapstore import ImapStore
 from .throttle import FailureThrottle
 from .tls import resolve_tls_files, server_context
+from .web.listener import HttpListener
 
 __all__ = ["MailServer", "serve_until_signal"]
 
@@ -47,6 +48,7 @@ class MailServer:
             (SMTP_KINDS, SmtpListener),
             (POP3_KINDS, Pop3Listener),
             (IMAP_KINDS, ImapListener),
+            (HTTP_KINDS, HttpListener),
         ]
         for name, lst in config.listeners.items():
             cls = next(c for group, c in kinds if lst.kind in group)
@@ -74,6 +76,24 @@ class MailServer:
         await self.store.deliver(users, f"Return-Path: <{reverse_path}>\r\n".encode() + message)
         for user in users:
             self.imap_store.notify_delivery(user)
+
+    async def accept_message(
+        self, sender: str, users: Sequence[str], remote: Sequence[str], message: bytes, peer: str
+    ) -> str | None:
+        """Store a submitted or received message: every local mailbox first, then the
+        outbound spool for the remote recipients (the queue runner is told); returns the
+        spool's queue id, if any. The SMTP handler and the web page's compose both end here.
+
+        Raises:
+            OSError: the message could not be stored (the caller says 451 / 503, never OK).
+        """
+        if users:
+            await self.deliver_final(sorted(set(users)), sender, message)
+        if not remote:
+            return None
+        queue_id = await self.spool.enqueue(sender, list(remote), message, received_from=peer)
+        self.queue.submitted(queue_id)
+        return queue_id
 
     def _tls_context(self) -> ssl.SSLContext | None:
         """The certificate from the config, or a generated development one; None without TLS."""

@@ -57,11 +57,13 @@ class ListenerKind(StrEnum):
     POP3S = "pop3s"  # POP3 over implicit TLS (RFC 8314 §3.3)
     IMAP = "imap"  # IMAP4 (RFC 9051, RFC 3501), STARTTLS offered
     IMAPS = "imaps"  # IMAP over implicit TLS (RFC 8314 §3.3)
+    HTTP = "http"  # web access to the mailboxes (HTTP/1.1, RFC 9112; HTTPS, RFC 9110 §4.2.2)
 
 
 SMTP_KINDS: Final = frozenset({ListenerKind.MX, ListenerKind.SUBMISSION, ListenerKind.SUBMISSIONS})
 POP3_KINDS: Final = frozenset({ListenerKind.POP3, ListenerKind.POP3S})
 IMAP_KINDS: Final = frozenset({ListenerKind.IMAP, ListenerKind.IMAPS})
+HTTP_KINDS: Final = frozenset({ListenerKind.HTTP})
 
 
 class TlsMode(StrEnum):
@@ -80,6 +82,7 @@ _DEFAULT_PORT: Final[Mapping[ListenerKind, int]] = {
     ListenerKind.POP3S: 995,  # RFC 8314 §7.3
     ListenerKind.IMAP: 143,  # RFC 9051 §2.1
     ListenerKind.IMAPS: 993,  # RFC 8314 §7.3
+    ListenerKind.HTTP: 8443,  # unprivileged, beside a web server that may have 443
 }
 _DEFAULT_TLS: Final[Mapping[ListenerKind, TlsMode]] = {
     ListenerKind.MX: TlsMode.STARTTLS,
@@ -89,6 +92,7 @@ _DEFAULT_TLS: Final[Mapping[ListenerKind, TlsMode]] = {
     ListenerKind.POP3S: TlsMode.IMPLICIT,
     ListenerKind.IMAP: TlsMode.STARTTLS,
     ListenerKind.IMAPS: TlsMode.IMPLICIT,
+    ListenerKind.HTTP: TlsMode.IMPLICIT,
 }
 
 
@@ -394,6 +398,8 @@ def _listeners(r: Reader, value: object) -> dict[str, ListenerConfig]:
                 f"{key}.tls",
                 "a submission listener needs starttls or implicit (AUTH is offered only over TLS)",
             )
+        if kind is ListenerKind.HTTP:
+            _check_http_tls(r, key, host, tls)
         if port != 0:
             other = taken.get((host, port))
             if other is not None:
@@ -401,6 +407,19 @@ def _listeners(r: Reader, value: object) -> dict[str, ListenerConfig]:
             taken[(host, port)] = name
         result[name] = ListenerConfig(name=name, kind=kind, host=host, port=port, tls=tls)
     return result
+
+
+def _check_http_tls(r: Reader, key: str, host: str, tls: TlsMode) -> None:
+    """HTTP has no STARTTLS, and cleartext HTTP (passwords, session cookies) stays on loopback."""
+    if tls is TlsMode.STARTTLS:
+        r.fail(f"{key}.tls", "HTTP has no STARTTLS; use implicit (HTTPS) or none")
+    if tls is TlsMode.NONE and not ipaddress.ip_address(host).is_loopback:
+        r.fail(
+            f"{key}.tls",
+            f"an http listener on {host} needs tls: implicit (cleartext HTTP would carry "
+            "passwords and session cookies over the network); tls: none is for loopback "
+            "addresses (127.0.0.1, ::1) only",
+        )
 
 
 def _tls(r: Reader, value: object, listeners: Mapping[str, ListenerConfig]) -> TlsConfig:

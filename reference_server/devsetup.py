@@ -37,8 +37,8 @@ DEV_ACCOUNTS = ("alice", "bob")
 def dev_config(base_dir: Path, *, host: str = "127.0.0.1") -> tuple[ServerConfig, dict[str, str]]:
     """Write a complete development setup into ``base_dir`` and load it.
 
-    Listeners ``mx``, ``submission``, ``submissions``, ``pop3``, ``pop3s``, ``imap`` and
-    ``imaps`` listen on ``host``,
+    Listeners ``mx``, ``submission``, ``submissions``, ``pop3``, ``pop3s``, ``imap``,
+    ``imaps`` and ``web`` (kind ``http``, HTTPS) listen on ``host``,
     port 0 (any free port). Each call makes new random passwords; the
     certificates are reused while they fit (see
     :func:`reference_server.tls.generate_dev_certificates`).
@@ -81,6 +81,7 @@ def dev_config(base_dir: Path, *, host: str = "127.0.0.1") -> tuple[ServerConfig
         "pop3s": {"kind": "pop3s", "host": host, "port": 0, "tls": "implicit"},
         "imap": {"kind": "imap", "host": host, "port": 0, "tls": "starttls"},
         "imaps": {"kind": "imaps", "host": host, "port": 0, "tls": "implicit"},
+        "web": {"kind": "http", "host": host, "port": 0, "tls": "implicit"},
     }
     server = {
         "hostname": DEV_HOSTNAME,

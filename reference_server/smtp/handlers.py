@@ -299,24 +299,21 @@ async def message_received(session: SmtpSession, event: MessageData) -> Reply:
             added.append(b"Message-ID: " + mid.encode() + b"\r\n")
     message = _received(session, now) + b"".join(added) + content
     try:
-        await asyncio.wait_for(_store(session, message), server.config.limits.timeouts.data_end)
+        env = session.envelope
+        await asyncio.wait_for(
+            server.accept_message(
+                env.sender or "",
+                list(env.local.values()),
+                env.remote,
+                message,
+                session.conn.peer[0],
+            ),
+            server.config.limits.timeouts.data_end,
+        )
     except (OSError, TimeoutError) as exc:
         log.error("%s: could not store message: %s", session.session_id, exc or "timed out")
         return _reply(451, "4.3.0", "could not store the message; try again later")
     return _ok(f"message accepted as {session.session_id}", "2.6.0")
-
-
-async def _store(session: SmtpSession, message: bytes) -> None:
-    """Every local mailbox, then the spool for remote recipients; raises if any fails."""
-    env, server = session.envelope, session.server
-    if env.local:
-        await server.deliver_final(sorted(set(env.local.values())), env.sender or "", message)
-    if env.remote:
-        peer = session.conn.peer[0]
-        queue_id = await server.spool.enqueue(
-            env.sender or "", env.remote, message, received_from=peer
-        )
-        server.queue.submitted(queue_id)
 
 
 def _received(session: SmtpSession, now: float) -> bytes:

@@ -528,4 +528,5 @@ def test_check_runs_the_shipped_suites_against_the_embedded_server(tmp_path):
         "pop3s",
         "imap",
         "imaps",
+        "web",
     }

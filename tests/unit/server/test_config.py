@@ -195,13 +195,13 @@ ERRORS = [
     pytest.param(
         LISTENER + "  p: {kind: smtp}\n",
         "listeners.p.kind: unknown kind 'smtp'; expected one of mx, submission, submissions, "
-        "pop3, pop3s, imap, imaps",
+        "pop3, pop3s, imap, imaps, http",
         id="unknown-kind",
     ),
     pytest.param(
         LISTENER + "  x: {port: 26}\n",
         "listeners.x.kind: missing; give one of mx, submission, submissions, pop3, pop3s, imap, "
-        "imaps",
+        "imaps, http",
         id="kind-missing",
     ),
     pytest.param(

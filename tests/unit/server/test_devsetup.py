@@ -37,6 +37,7 @@ def test_dev_config_writes_a_loadable_config(dev):
         "pop3s": (ListenerKind.POP3S, "127.0.0.1", 0, "implicit"),
         "imap": (ListenerKind.IMAP, "127.0.0.1", 0, "starttls"),
         "imaps": (ListenerKind.IMAPS, "127.0.0.1", 0, "implicit"),
+        "web": (ListenerKind.HTTP, "127.0.0.1", 0, "implicit"),
     }
 
 
@@ -126,7 +127,7 @@ def test_wildcard_and_mixed_hosts(dev, tmp_path):
     ("bound", "message"),
     [
         ({}, "no listeners are bound"),
-        ({"web": ("127.0.0.1", 143)}, "not in the configuration"),
+        ({"gopher": ("127.0.0.1", 143)}, "not in the configuration"),
         ({"mx": ("127.0.0.1", 0)}, "not a bound port"),
         ({"mx": ("localhost", 25)}, "expected an IP address"),
     ],
