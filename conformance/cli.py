@@ -23,6 +23,7 @@ import click
 
 from conformance.cli_fuzz import fuzz
 from conformance.cli_queue import queue
+from conformance.cli_replay import pcap2yaml, replay
 from conformance.cli_report import report, requirements
 from reference_server.app import MailServer, serve_until_signal
 from reference_server.config import ConfigError, load_config
@@ -34,6 +35,7 @@ from reference_server.web.listener import web_url
 from . import __version__
 from ._yaml import LoadError
 from .redact import Redactor
+from .replay.pcapwriter import CaptureRecorder
 from .report.console import print_result, print_summary
 from .report.junit import write_junit
 from .report.render import format_for, write_report
@@ -44,6 +46,7 @@ from .scenario.model import Scenario
 from .scenario.runner import Runner, TargetUnreachable, check_against_target
 from .sink import Sink
 from .targets import Target, load_target
+from .transport import CHANNEL_TAP
 
 __all__ = ["main", "select"]
 
@@ -238,10 +241,17 @@ def _prepare(
     required=True,
     help="Target file: hosts, ports, TLS and accounts of the server under test.",
 )
+@click.option(
+    "--capture",
+    "capture_file",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Record the run's sessions (their cleartext: up to STARTTLS) as a pcap file here.",
+)
 @run_options
 def run(
     paths: tuple[Path, ...],
     target_file: Path,
+    capture_file: Path | None,
     junit: Path | None,
     json_file: Path | None,
     reports: tuple[Path, ...],
@@ -264,8 +274,10 @@ def run(
         insecure=insecure,
         require_services=True,
     )
-    sys.exit(
-        execute(
+    recorder = CaptureRecorder() if capture_file is not None else None
+    token = CHANNEL_TAP.set(recorder)
+    try:
+        code = execute(
             chosen,
             target,
             junit=junit,
@@ -277,7 +289,12 @@ def run(
             verbose=verbose,
             progress=progress,
         )
-    )
+    finally:
+        CHANNEL_TAP.reset(token)
+        if recorder is not None and capture_file is not None:
+            count = recorder.write(capture_file)
+            click.echo(f"capture: {count} connection(s) written to {capture_file}", err=True)
+    sys.exit(code)
 
 
 def execute(
@@ -559,6 +576,8 @@ main.add_command(queue)
 main.add_command(report)
 main.add_command(requirements)
 main.add_command(fuzz)
+main.add_command(pcap2yaml)
+main.add_command(replay)
 
 
 if __name__ == "__main__":  # pragma: no cover

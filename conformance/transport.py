@@ -14,12 +14,14 @@ import os
 import socket
 import ssl
 import time
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
 
 from .targets import Service, Target, TlsMode
 
 __all__ = [
+    "CHANNEL_TAP",
     "Channel",
     "ConnectFailed",
     "ReadTimeout",
@@ -185,6 +187,11 @@ class _Protocol(asyncio.StreamReaderProtocol):
         return bytes(data)
 
 
+# ``run --capture``: an observer of every channel's cleartext, set for the run
+# (conformance/replay/pcapwriter.py: CaptureRecorder); None: nothing is recorded.
+CHANNEL_TAP: ContextVar[Any] = ContextVar("CHANNEL_TAP", default=None)
+
+
 class Channel:
     """One TCP (and maybe TLS) connection to a target service."""
 
@@ -198,6 +205,7 @@ class Channel:
         self._protocol: _Protocol | None = None
         self.tls = False
         self.eof = False
+        self._tap: Any = None
 
     @property
     def is_open(self) -> bool:
@@ -240,6 +248,10 @@ class Channel:
         self._writer = asyncio.StreamWriter(transport, protocol, reader, loop)
         self.tls = implicit
         self.eof = False
+        self._tap = CHANNEL_TAP.get()
+        if self._tap is not None:
+            sockname, peername = (transport.get_extra_info(k) for k in ("sockname", "peername"))
+            self._tap.opened(self, sockname, peername, implicit)
         self.transcript.event(self.name, f"connected to {svc.name} at {where}" + self._tls_note())
 
     def _tls_note(self) -> str:
@@ -259,6 +271,8 @@ class Channel:
         assert self._writer is not None and self._protocol is not None
         target = self.target
         self._protocol.plain_socket = None  # from now on the socket carries TLS records
+        if self._tap is not None:
+            self._tap.tls_started(self)
         try:
             await asyncio.wait_for(
                 self._writer.start_tls(
@@ -291,6 +305,8 @@ class Channel:
         """
         assert self._writer is not None and self._protocol is not None, "send on a closed channel"
         self.transcript.data(self.name, "C", data)
+        if self._tap is not None:
+            self._tap.data(self, "C", data)
         try:
             if self._protocol.lost is not None:
                 raise ConnectionResetError(str(self._protocol.lost) or "connection lost")
@@ -321,6 +337,10 @@ class Channel:
         except (ConnectionError, OSError) as exc:  # reset by peer counts as closed
             self.transcript.event(self.name, f"connection lost: {exc}")
             data = b""
+        if self._tap is not None and data:
+            self._tap.data(self, "S", data)
+        elif self._tap is not None:
+            self._tap.closed(self, "S")
         if not data:
             self.eof = True
             lost = self._protocol.lost if self._protocol is not None else None
@@ -338,6 +358,8 @@ class Channel:
         if writer is None:
             return
         self.transcript.event(self.name, "client closed the connection")
+        if self._tap is not None:
+            self._tap.closed(self, "C")
         writer.close()
         with contextlib.suppress(TimeoutError, ConnectionError, OSError, ssl.SSLError):
             await asyncio.wait_for(writer.wait_closed(), timeout=1.0)
