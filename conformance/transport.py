@@ -65,7 +65,8 @@ class Transcript:
 
 def show_bytes(data: bytes) -> str:
     """Printable form of bytes: control and 8-bit bytes escaped, long runs elided."""
-    text = data.decode("utf-8", errors="backslashreplace")
+    # escaping only lengthens, so the first _SHOW_MAX + 1 characters decide what is shown
+    text = data.decode("utf-8", errors="backslashreplace")[: _SHOW_MAX + 1]
     text = "".join(
         c if (c.isprintable() or c == " ") else c.encode("unicode_escape").decode("ascii")
         for c in text
