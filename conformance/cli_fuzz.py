@@ -22,6 +22,7 @@ from .fuzz.engine import SecondTarget
 from .fuzz.engine import fuzz as run_fuzz
 from .fuzz.memory import MemoryConnector, dev_memory_target
 from .fuzz.oracle import Connector, DialogueStats, SocketConnector
+from .fuzz.retrieve import RetrieveCheck, RetrieveFailed, retrieve_check_for
 from .targets import Service, Target, load_target
 
 __all__ = ["fuzz"]
@@ -87,6 +88,19 @@ __all__ = ["fuzz"]
     help="Seconds the server has for each answer before it counts as a hang.",
 )
 @click.option(
+    "--no-retrieve-check",
+    is_flag=True,
+    help="SMTP: do not check that a message acknowledged with 250 for an account of the "
+    "target is in its INBOX (over the target's imap service).",
+)
+@click.option(
+    "--retrieve-within",
+    type=click.FloatRange(min=0),
+    default=2.0,
+    show_default=True,
+    help="SMTP: seconds the retrieval check polls for a message before it counts as lost.",
+)
+@click.option(
     "--out",
     "out_dir",
     type=click.Path(file_okay=False, path_type=Path),
@@ -106,6 +120,8 @@ def fuzz(
     time_budget: float | None,
     seed_value: int | None,
     deadline: float,
+    no_retrieve_check: bool,
+    retrieve_within: float,
     out_dir: Path,
 ) -> None:
     """Fuzz a server's command parser; save each shrunk finding as a scenario."""
@@ -124,13 +140,23 @@ def fuzz(
         svc = _service(target, name)
         login = _login(target, svc, protocol, login_name, no_login, memory=in_memory)
         connector: Connector
+        memory: MemoryConnector | None = None
         if config is not None:
             try:
-                connector = stack.enter_context(MemoryConnector(config, name))
+                memory = stack.enter_context(MemoryConnector(config, name))
             except KeyError as exc:
                 raise click.UsageError(str(exc.args[0])) from None
+            connector = memory
         else:
             connector = SocketConnector(svc, target.connect_timeout)
+        retrieve, retrieve_note = None, ""
+        if protocol == "smtp":
+            if no_retrieve_check:
+                retrieve_note = "off (--no-retrieve-check)"
+            else:
+                retrieve, retrieve_note = retrieve_check_for(
+                    target, memory=memory, within=retrieve_within, deadline=deadline
+                )
         second: SecondTarget | None = None
         if second_file is not None:
             other = _load(second_file)
@@ -157,6 +183,8 @@ def fuzz(
             deadline=deadline,
             out_dir=out_dir,
             memory=in_memory,
+            retrieve=retrieve,
+            retrieve_note=retrieve_note,
         )
 
 
@@ -219,6 +247,8 @@ def _run(
     deadline: float,
     out_dir: Path,
     memory: bool,
+    retrieve: RetrieveCheck | None = None,
+    retrieve_note: str = "",
 ) -> None:
     proto = PROTOCOLS[protocol]
     if seed_value is None:
@@ -232,6 +262,8 @@ def _run(
     at = "" if memory else "at "
     click.echo(f"fuzz {protocol} {name} {at}{where}{how}  seed {seed_value}")
     click.echo(f"(repeat with --seed {seed_value})")
+    if retrieve_note:
+        click.echo(f"retrieval check: {retrieve_note}")
     last = [time.monotonic()]
 
     def progress(stats: DialogueStats) -> None:
@@ -253,7 +285,11 @@ def _run(
             login=login,
             connector=connector,
             second=second,
+            retrieve=retrieve,
         )
+    except RetrieveFailed as exc:
+        click.echo(f"{exc} (skip the check with --no-retrieve-check)", err=True)
+        sys.exit(3)
     except LoginFailed as exc:
         click.echo(f"the login prefix failed: {exc}", err=True)
         sys.exit(3)
@@ -268,6 +304,8 @@ def _run(
     )
     click.echo("verbs: " + ", ".join(f"{v} {n}" for v, n in sorted(stats.verbs.items())))
     click.echo("model states reached: " + ", ".join(sorted(stats.states)))
+    if retrieve is not None:
+        click.echo(f"retrieval check: {retrieve.checks} message(s) looked for")
     written = 0
     for finding in report.findings:
         path, new = write_finding(

@@ -9,6 +9,8 @@ The pieces, protocol-neutral unless named after one (docs/fuzzing.md):
 - :mod:`.oracle`: runs one dialogue over a blocking loopback socket and raises a
   :class:`~.dialogue.Finding` when an invariant breaks (hang, crash, bad reply,
   wrong reply class);
+- :mod:`.retrieve`: SMTP's retrieval check, after a dialogue: a message acknowledged
+  for an account of the target is in its INBOX (over IMAP), else a ``lost-message``;
 - :mod:`.engine`: the Hypothesis run (seed, budget, shrinking, statistics);
 - :mod:`.scenario_writer`: a shrunk finding as a scenario YAML file, de-duplicated.
 """

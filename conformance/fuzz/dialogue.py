@@ -29,6 +29,7 @@ __all__ = [
     "Finding",
     "Login",
     "LoginFailed",
+    "LostMessage",
     "ProtocolFuzz",
     "Reader",
     "Send",
@@ -137,6 +138,33 @@ class Inconsistent(Finding):
     kind = "inconsistent"
 
 
+class LostMessage(Finding):
+    """A message got 2xx at the end of its data for an account of the target, yet the
+    retrieval check did not find it in that account's INBOX within ``within`` seconds.
+    ``records`` are the whole dialogue; ``account`` is the account's name, ``index``
+    the message's number in the dialogue and ``token`` the text searched for in its
+    Message-ID (with ``{run}`` unfilled, as in the data sent); ``service`` is the IMAP
+    service searched, reached with STARTTLS when ``starttls``."""
+
+    kind = "lost-message"
+
+    def __init__(
+        self,
+        message: str,
+        records: list[StepRecord],
+        *,
+        account: str,
+        index: int,
+        token: str,
+        within: float,
+        service: str,
+        starttls: bool,
+    ) -> None:
+        super().__init__(message, records)
+        self.account, self.index, self.token, self.within = account, index, token, within
+        self.service, self.starttls = service, starttls
+
+
 class Differential(Finding):
     """Two targets answered the same step with answers of different classes
     (SMTP: the first digit; POP3: +OK/-ERR; IMAP: OK/NO/BAD; or a close, a timeout,
@@ -205,7 +233,12 @@ class Reader(Protocol):
 
 
 class SessionModel(Protocol):
-    """A protocol's model of one session, fed the answers the server actually gave."""
+    """A protocol's model of one session, fed the answers the server actually gave.
+
+    A model may also have a ``delivered`` list (SMTP: the messages acknowledged, as
+    :class:`~conformance.fuzz.smtp_model.Delivered`), which the retrieval check reads
+    after the dialogue.
+    """
 
     def state(self) -> str:
         """A short name of the current state, for statistics and scenario text."""

@@ -28,6 +28,7 @@ from conformance.fuzz.oracle import (
     compare_dialogues,
     run_dialogue,
 )
+from conformance.fuzz.retrieve import RetrieveCheck
 from conformance.targets import Service, Target
 
 __all__ = ["FuzzReport", "SecondTarget", "fuzz"]
@@ -101,6 +102,7 @@ def fuzz(
     login: Login | None = None,
     connector: Connector | None = None,
     second: SecondTarget | None = None,
+    retrieve: RetrieveCheck | None = None,
 ) -> FuzzReport:
     """Fuzz one service; return the shrunk findings (de-duplicated by the caller's writer).
 
@@ -118,7 +120,8 @@ def fuzz(
 
     Raises:
         ConnectionError: the service could not be reached;
-            :class:`~conformance.fuzz.dialogue.LoginFailed` if the prefix fails.
+            :class:`~conformance.fuzz.dialogue.LoginFailed` if the prefix fails (or the
+            retrieval check's login: :class:`~conformance.fuzz.retrieve.RetrieveFailed`).
     """
     report = FuzzReport(seed=seed_value)
     started = time.monotonic()
@@ -126,6 +129,8 @@ def fuzz(
     # fail fast (not a finding): unreachable, wrong password, no STARTTLS
     if login is not None or second is not None:
         run_dialogue(proto, where, [], deadline=deadline, login=login)
+    if retrieve is not None:
+        retrieve.probe()
     if second is not None:
         run_dialogue(proto, second.connector, [], deadline=deadline, login=second.login)
         translate = _translator(target, second.target)
@@ -150,7 +155,13 @@ def fuzz(
             return
         try:
             records = run_dialogue(
-                proto, where, sends, deadline=deadline, stats=report.stats, login=login
+                proto,
+                where,
+                sends,
+                deadline=deadline,
+                stats=report.stats,
+                login=login,
+                retrieve=retrieve,
             )
             if second is not None:
                 try:
@@ -179,5 +190,8 @@ def fuzz(
         if not found:
             raise
         report.findings = found
+    finally:
+        if retrieve is not None:
+            retrieve.close()
     report.elapsed = time.monotonic() - started
     return report

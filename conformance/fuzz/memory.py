@@ -22,11 +22,12 @@ import asyncio
 import contextlib
 import selectors
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
 from conformance.fuzz.dialogue import Login, LoginFailed
-from conformance.fuzz.oracle import Channel
+from conformance.fuzz.oracle import Channel, Connector
 from conformance.targets import Account, Service, Target, TlsMode
 from reference_server.config import ServerConfig
 from reference_server.devsetup import dev_config
@@ -139,6 +140,16 @@ class MemoryConnector:
         client = self._loop.run_until_complete(self.server.connect(self.listener))
         return MemoryChannel(self._loop, client)
 
+    def sibling(self, listener: str) -> Connector:
+        """A connector to another listener of the same in-memory server, on the same
+        loop (the retrieval check reads the mailboxes SMTP delivered to over ``imap``).
+
+        Raises:
+            KeyError: no such listener.
+        """
+        self.server.listener(listener)
+        return _Sibling(self, listener)
+
     def close(self) -> None:
         if self._loop.is_closed():
             return
@@ -164,6 +175,18 @@ class MemoryConnector:
         tb: TracebackType | None,
     ) -> None:
         self.close()
+
+
+@dataclass(frozen=True)
+class _Sibling:
+    parent: MemoryConnector
+    listener: str
+
+    def open(self) -> Channel:
+        loop = self.parent._loop
+        return MemoryChannel(
+            loop, loop.run_until_complete(self.parent.server.connect(self.listener))
+        )
 
 
 def dev_memory_target(base_dir: Path) -> tuple[ServerConfig, Target]:

@@ -10,7 +10,10 @@ The invariants, checked at each step (docs/fuzzing.md):
   IMAP LOGOUT), the server closes (else :class:`NoClose`);
 - the answer's data keeps the session's invariants, as the model checks them
   (IMAP: UIDs only grow, EXISTS never negative, no BYE but on LOGOUT; else
-  :class:`Inconsistent`).
+  :class:`Inconsistent`);
+- SMTP, with a :class:`~conformance.fuzz.retrieve.RetrieveCheck`: a message that got
+  2xx for an account of the target is in its INBOX after the dialogue (else
+  :class:`LostMessage`).
 
 A :class:`~conformance.fuzz.dialogue.Login` prefix (STARTTLS, then a login) is
 played first on every connection and must succeed; it is not judged, but the
@@ -29,7 +32,7 @@ import secrets
 import socket
 import time
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from conformance.fuzz.dialogue import (
     Answer,
@@ -54,6 +57,9 @@ from conformance.fuzz.dialogue import (
 )
 from conformance.targets import Service
 from conformance.wire import NEED_DATA, ConnectionClosed, RemoteProtocolError
+
+if TYPE_CHECKING:
+    from conformance.fuzz.retrieve import RetrieveCheck
 
 __all__ = [
     "Channel",
@@ -241,11 +247,14 @@ def run_dialogue(
     connect_timeout: float = 5.0,
     stats: DialogueStats | None = None,
     login: Login | None = None,
+    retrieve: RetrieveCheck | None = None,
 ) -> list[StepRecord]:
     """Play ``sends`` on a new connection; return the records, or raise a Finding.
 
     ``where`` is a target's service (reached over TCP) or any :class:`Connector`
     (:class:`conformance.fuzz.memory.MemoryConnector`: the reference server in memory).
+    With ``retrieve`` (SMTP), after the connection is closed, every message that got
+    2xx for an account of the target must be in its INBOX (else :class:`LostMessage`).
 
     Raises:
         Finding: a subclass naming the invariant that broke at the last record.
@@ -259,84 +268,103 @@ def run_dialogue(
     connector = SocketConnector(where, connect_timeout) if isinstance(where, Service) else where
     conn = _Conn(proto, connector.open(), secrets.token_hex(5).encode())
     try:
-        queue = list(sends)
-        current, expectation = _GREETING, model.greeting()
-        while True:
-            state = model.state()
-            stats.states.add(state)
-            if current is not _GREETING:
-                stats.steps += 1
-                stats.verbs[current.verb] = stats.verbs.get(current.verb, 0) + 1
-                conn.send(current)
-            try:
-                event = conn.answer(current, deadline)
-            except _Timeout:
-                records.append(_record(current, expectation, "no answer (timeout)", state))
-                raise Hang(f"no answer within {deadline:g}s to {_show(current)}", records) from None
-            except _Malformed as exc:
-                records.append(_record(current, expectation, f"malformed: {exc}", state))
-                raise BadReply(f"malformed answer to {_show(current)}: {exc}", records) from None
-            except _Closed:
-                records.append(_record(current, expectation, "connection closed", state))
-                if expectation.may_close:
-                    return records
-                raise Crash(
-                    f"the server dropped the connection after {_show(current)} "
-                    f"(expected {expectation.why})",
-                    records,
-                ) from None
-            code = proto.code_of(event)
-            stats.codes[code] = stats.codes.get(code, 0) + 1
-            records.append(_record(current, expectation, proto.describe(event), state, code))
-            if not expectation.accepts(code):
-                raise WrongReply(
-                    f"{proto.describe(event)} to {_show(current)}; expected {expectation.why}",
-                    records,
-                )
-            if current is _GREETING and not proto.greeting_ok(code):  # refused: nothing to fuzz
-                return records
-            if code in proto.final:  # SMTP 421 (RFC 5321 §3.8), IMAP BYE: the server closes
-                return records
-            if expectation.closes or code in proto.closing:  # SMTP 221 (RFC 5321 §4.2.2)
-                try:
-                    _read_event(conn.chan, conn.reader, time.monotonic() + deadline)
-                except (_Closed, _Malformed):
-                    return records
-                except _Timeout:
-                    pass
-                raise NoClose(
-                    f"the connection stayed open after {proto.describe(event)} to "
-                    f"{_show(current)} ({expectation.why})",
-                    records,
-                )
-            if current is _GREETING:
-                if login is not None:
-                    _play_login(proto, conn, model, login, deadline)
-                follow = None
-            else:
-                try:
-                    follow = model.observe(current, code, event)
-                except Violation as bad:
-                    records[-1] = StepRecord(
-                        send=current,
-                        expectation=expectation,
-                        outcome=records[-1].outcome,
-                        state=state,
-                        code=code,
-                        extra_expect=bad.expect,
-                    )
-                    raise Inconsistent(f"{bad.message} (after {_show(current)})", records) from None
-            if current is not _GREETING and current.terminal:
-                return records
-            if follow is not None:
-                current = follow
-            elif queue:
-                current = queue.pop(0)
-            else:
-                return records
-            expectation = model.expect(current)
+        _play(proto, conn, model, sends, records, deadline=deadline, stats=stats, login=login)
     finally:
         conn.chan.close()
+    delivered = getattr(model, "delivered", None)  # SMTP: messages that got 2xx
+    if retrieve is not None and delivered:
+        retrieve.check(conn.run, delivered, records)
+    return records
+
+
+def _play(
+    proto: ProtocolFuzz,
+    conn: _Conn,
+    model: Any,
+    sends: list[Send],
+    records: list[StepRecord],
+    *,
+    deadline: float,
+    stats: DialogueStats,
+    login: Login | None,
+) -> None:
+    """The dialogue itself: appends to ``records``, raises a Finding."""
+    queue = list(sends)
+    current, expectation = _GREETING, model.greeting()
+    while True:
+        state = model.state()
+        stats.states.add(state)
+        if current is not _GREETING:
+            stats.steps += 1
+            stats.verbs[current.verb] = stats.verbs.get(current.verb, 0) + 1
+            conn.send(current)
+        try:
+            event = conn.answer(current, deadline)
+        except _Timeout:
+            records.append(_record(current, expectation, "no answer (timeout)", state))
+            raise Hang(f"no answer within {deadline:g}s to {_show(current)}", records) from None
+        except _Malformed as exc:
+            records.append(_record(current, expectation, f"malformed: {exc}", state))
+            raise BadReply(f"malformed answer to {_show(current)}: {exc}", records) from None
+        except _Closed:
+            records.append(_record(current, expectation, "connection closed", state))
+            if expectation.may_close:
+                return
+            raise Crash(
+                f"the server dropped the connection after {_show(current)} "
+                f"(expected {expectation.why})",
+                records,
+            ) from None
+        code = proto.code_of(event)
+        stats.codes[code] = stats.codes.get(code, 0) + 1
+        records.append(_record(current, expectation, proto.describe(event), state, code))
+        if not expectation.accepts(code):
+            raise WrongReply(
+                f"{proto.describe(event)} to {_show(current)}; expected {expectation.why}",
+                records,
+            )
+        if current is _GREETING and not proto.greeting_ok(code):  # refused: nothing to fuzz
+            return
+        if code in proto.final:  # SMTP 421 (RFC 5321 §3.8), IMAP BYE: the server closes
+            return
+        if expectation.closes or code in proto.closing:  # SMTP 221 (RFC 5321 §4.2.2)
+            try:
+                _read_event(conn.chan, conn.reader, time.monotonic() + deadline)
+            except (_Closed, _Malformed):
+                return
+            except _Timeout:
+                pass
+            raise NoClose(
+                f"the connection stayed open after {proto.describe(event)} to "
+                f"{_show(current)} ({expectation.why})",
+                records,
+            )
+        if current is _GREETING:
+            if login is not None:
+                _play_login(proto, conn, model, login, deadline)
+            follow = None
+        else:
+            try:
+                follow = model.observe(current, code, event)
+            except Violation as bad:
+                records[-1] = StepRecord(
+                    send=current,
+                    expectation=expectation,
+                    outcome=records[-1].outcome,
+                    state=state,
+                    code=code,
+                    extra_expect=bad.expect,
+                )
+                raise Inconsistent(f"{bad.message} (after {_show(current)})", records) from None
+        if current is not _GREETING and current.terminal:
+            return
+        if follow is not None:
+            current = follow
+        elif queue:
+            current = queue.pop(0)
+        else:
+            return
+        expectation = model.expect(current)
 
 
 def answer_class(proto: ProtocolFuzz, record: StepRecord) -> str:

@@ -20,7 +20,7 @@ from typing import Any
 
 import yaml
 
-from conformance.fuzz.dialogue import Finding, Login, ProtocolFuzz, Send
+from conformance.fuzz.dialogue import Finding, Login, LostMessage, ProtocolFuzz, Send
 from conformance.targets import Target
 
 __all__ = ["finding_id", "scenario_for", "write_finding"]
@@ -42,25 +42,20 @@ def _variables(text: str, target: Target) -> str:
     return text
 
 
+# send_raw's escapes (docs/scenario-format.md): \\ \r \n \t \0, \xHH for the rest of the
+# control and 8-bit bytes; printable ASCII stays itself
+_RAW_ESCAPES = {
+    **{b: f"\\x{b:02x}" for b in range(256) if not 0x20 <= b < 0x7F},
+    0x5C: "\\\\",
+    0x0D: "\\r",
+    0x0A: "\\n",
+    0x09: "\\t",
+    0x00: "\\0",
+}
+
+
 def _escape_raw(data: bytes) -> str:
-    out = []
-    for byte in data:
-        ch = chr(byte)
-        if ch == "\\":
-            out.append("\\\\")
-        elif ch == "\r":
-            out.append("\\r")
-        elif ch == "\n":
-            out.append("\\n")
-        elif ch == "\t":
-            out.append("\\t")
-        elif byte == 0:
-            out.append("\\0")
-        elif 0x20 <= byte < 0x7F:
-            out.append(ch)
-        else:
-            out.append(f"\\x{byte:02x}")
-    return "".join(out)
+    return data.decode("latin-1").translate(_RAW_ESCAPES)
 
 
 def _action(send: Send, target: Target) -> dict[str, Any]:
@@ -90,6 +85,7 @@ def scenario_for(
     steps: list[dict[str, Any]] = []
     records = finding.records
     last = records[-1]
+    messages = 0
     for rec in records:
         if rec.send.verb == "(greeting)":
             steps.append({"expect": proto.expect_yaml(rec.expectation, rec.send)})
@@ -102,20 +98,55 @@ def scenario_for(
             step["timeout"] = deadline
         if rec is last and finding.kind == "no-close":
             step["expect"] = {**step["expect"], "closed": True}
+        if rec.send.kind == "data":
+            messages += 1
+            if isinstance(finding, LostMessage) and messages == finding.index:
+                step["expect"] = {"code": 250}  # as the server acknowledged the lost message
         step["note"] = f"state {rec.state}; fuzzer saw: {rec.outcome}"[:300]
         steps.append(step)
-    return {
+    description = (
+        f"Found by `mailharness fuzz` and shrunk to this dialogue. At the last step "
+        f"the model expected: {last.expectation.why}. The server: {last.outcome}."
+    )
+    doc: dict[str, Any] = {
         "id": finding_id(proto, finding),
         "protocol": proto.name,
         "service": service,
         "title": f"fuzz: {finding.kind}: {finding.message}"[:200],
         "tags": ["fuzz", proto.name, finding.kind],
-        "description": (
-            f"Found by `mailharness fuzz` and shrunk to this dialogue. At the last step "
-            f"the model expected: {last.expectation.why}. The server: {last.outcome}."
-        ),
+        "description": description,
         "steps": steps,
     }
+    if isinstance(finding, LostMessage):
+        doc = {k: v for k, v in doc.items() if k != "steps"}
+        doc["connections"] = {"box": {"protocol": "imap", "service": finding.service}}
+        doc["steps"] = steps
+        doc["description"] = (
+            "Found by `mailharness fuzz` and shrunk to this dialogue. The server answered "
+            f"250 to the end of message {finding.index}'s data, a recipient being the "
+            f"account {finding.account}, so the message must be in that account's INBOX "
+            "(RFC 5321 §4.1.1.4, §6.1: with the 250 the server took responsibility for "
+            "delivering it); the search for its Message-ID polls, then fails if it is not."
+        )
+        steps.extend(_retrieval_steps(finding))
+    return doc
+
+
+def _retrieval_steps(finding: LostMessage) -> list[dict[str, Any]]:
+    """Log in to the IMAP service as the account on connection ``box``, select INBOX and
+    poll the search for the message's Message-ID (``{run}`` stays the variable)."""
+    box: list[dict[str, Any]] = [{"starttls": True}] if finding.starttls else []
+    box.append({"auth": {"mechanism": "native", "account": finding.account}})
+    box.append({"send": "b1 SELECT INBOX", "expect": {"tagged": "OK"}})
+    box.append(
+        {
+            "send": f"b2 UID SEARCH HEADER Message-ID {finding.token}",
+            "until": {"within": max(finding.within, 2.0), "every": 0.2},
+            "expect": {"tagged": "OK", "untagged": [r"^\* SEARCH \d+"]},
+            "note": f"the message the server acknowledged for {finding.account}",
+        }
+    )
+    return [{"conn": "box", **step} for step in box]
 
 
 def write_finding(

@@ -22,16 +22,22 @@ without an accepted recipient (RFC 5321 §4.1.1.4: 503 or 554); RCPT outside a
 transaction (RFC 5321 §4.1.4: 503); RSET and NOOP must answer 250
 (§4.1.1.5, §4.1.1.9); QUIT must answer 221 and close (§4.1.1.10); EHLO/HELO
 accept with 250 only (§4.3.2); after 221 the server closes.
+
+It also lists the messages whose end of data got 2xx, with the recipients it is
+sure of (:class:`Delivered`), for the retrieval check after the dialogue
+(:mod:`conformance.fuzz.retrieve`): each message's Message-ID carries a token of
+its own (:func:`message_token`).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, field
 from typing import Any
 
 from conformance.fuzz.dialogue import Answer, Expectation, Send
 
-__all__ = ["MESSAGE", "SmtpModel", "all_codes"]
+__all__ = ["SmtpModel", "all_codes", "message", "message_token"]
 
 
 def all_codes(first: int) -> frozenset[int]:
@@ -46,8 +52,37 @@ P5 = all_codes(5)
 P2 = all_codes(2)
 ANY = P2 | T4 | P5
 
-MESSAGE = "Subject: fuzz\n\nfuzz\n"  # what is sent after a 354 (a scenario's data: step)
-_MESSAGE_WIRE = b"Subject: fuzz\r\n\r\nfuzz\r\n.\r\n"
+
+def message_token(index: int) -> str:
+    """The token in the Message-ID of the dialogue's ``index``-th message (from 1):
+    ``fuzz.{run}.N``, where ``{run}`` is the dialogue's token (the oracle fills it in,
+    and it stays the ``{run}`` variable in a saved scenario)."""
+    return f"fuzz.{{run}}.{index}"
+
+
+def message(index: int) -> Send:
+    """What is sent after the ``index``-th 354 of a dialogue (a scenario's ``data:`` step).
+
+    Its Message-ID carries :func:`message_token`, so the retrieval check can find it
+    in the recipient's mailbox (docs/fuzzing.md, "a message acknowledged is retrievable").
+    """
+    token = message_token(index)
+    text = f"Message-ID: <{token}@fuzz.test>\nSubject: fuzz {index}\n\nfuzz\n"
+    wire = text.replace("\n", "\r\n").encode("ascii") + b".\r\n"
+    return Send(verb="DATA", wire=wire, kind="data", text=text)
+
+
+_RCPT = re.compile(rb"(?i)RCPT TO:<([^<>\s]+)>\r\n\Z")
+
+
+@dataclass(frozen=True)
+class Delivered:
+    """A message whose end of data got 2xx: its number in the dialogue (its token is
+    :func:`message_token`) and the recipients the model is sure it was accepted for
+    (well-formed ``RCPT TO:<address>`` lines that got 2xx in its transaction)."""
+
+    index: int
+    recipients: tuple[str, ...]
 
 
 @dataclass
@@ -57,6 +92,9 @@ class SmtpModel:
     recipients: int = 0
     in_data: bool = False
     unsure: bool = False  # a 354 can no longer be ruled out (see observe)
+    messages: int = 0  # 354s so far: the number of the next message's token
+    accepted: list[str] = field(default_factory=list)  # sure recipients (see Delivered)
+    delivered: list[Delivered] = field(default_factory=list)  # for the retrieval check
 
     def state(self) -> str:
         if self.in_data:
@@ -158,10 +196,17 @@ class SmtpModel:
     def observe(self, send: Send, code: Answer, answer: Any = None) -> Send | None:
         assert isinstance(code, int)
         if send.kind == "data":
+            if 200 <= code < 300 and self.accepted:
+                self.delivered.append(Delivered(self.messages, tuple(self.accepted)))
             self.in_data = False
             self.mail, self.recipients, self.unsure = False, 0, False
+            self.accepted = []
             return None
         verb, ok = send.verb, 200 <= code < 300
+        if ok and verb in ("EHLO", "HELO", "MAIL", "RSET"):
+            # may have started or ended a transaction (also as a near-miss a lenient
+            # server took): only recipients accepted after it are sure
+            self.accepted = []
         if verb in ("EHLO", "HELO") and code == 250:
             # RFC 5321 §4.1.4: EHLO/HELO also clears any transaction, as RSET does
             self.greeted, self.mail, self.recipients, self.unsure = True, False, 0, False
@@ -172,11 +217,15 @@ class SmtpModel:
             self.mail, self.recipients = True, 0
         elif verb == "RCPT" and ok and self.mail:
             self.recipients += 1
+            rcpt = _RCPT.match(send.wire)
+            if send.wellformed and rcpt is not None:
+                self.accepted.append(rcpt.group(1).decode("utf-8", "replace"))
         elif verb == "RSET" and code == 250:
             self.mail, self.recipients, self.unsure = False, 0, False
         elif verb == "DATA" and code == 354:
             self.in_data = True
-            return Send(verb="DATA", wire=_MESSAGE_WIRE, kind="data", text=MESSAGE)
+            self.messages += 1
+            return message(self.messages)
         if ok and not send.wellformed:
             self.unsure = True  # what a lenient server made of a malformed line is unknown
         return None

@@ -120,15 +120,19 @@ def _line(verb: str, text: str) -> Send:
 
 
 def _transaction(target: Target) -> st.SearchStrategy[list[Send]]:
-    """EHLO, MAIL, RCPT to a known mailbox: reaches the states random lists rarely do."""
+    """EHLO, MAIL, RCPT to a known mailbox, and half the time DATA (so a message follows
+    and the retrieval check has something to look for): reaches the states random lists
+    rarely do."""
     known = [a.address for a in target.accounts.values()] or [f"postmaster@{target.domain}"]
     return st.builds(
-        lambda rcpt: [
+        lambda rcpt, data: [
             _line("EHLO", "EHLO fuzz.test"),
             _line("MAIL", "MAIL FROM:<>"),
             _line("RCPT", f"RCPT TO:<{rcpt}>"),
+            *([_line("DATA", "DATA")] if data else []),
         ],
         st.sampled_from(known),
+        st.booleans(),
     )
 
 

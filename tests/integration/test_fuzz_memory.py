@@ -133,7 +133,7 @@ def test_differential_finds_the_one_command_answered_differently(
         # the CLI: the same with --differential, exit code 1 and the file written
         code, output = run_cli(
             "fuzz", "--protocol", "smtp", "--target", str(ref_file), "--differential",
-            str(proxy_file), "--max-examples", "60", "--seed", "9", "--out",
+            str(proxy_file), "--max-examples", "150", "--seed", "9", "--out",
             str(tmp_path / "cli"),
         )  # fmt: skip
         assert code == 1, output
