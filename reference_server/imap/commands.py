@@ -2,8 +2,14 @@
 
 Each handler takes the session and the typed command, sends its untagged
 responses and its completion, and leaves the session's state right. Disk
-work runs in worker threads (``asyncio.to_thread``); big FETCHes are built
-in batches, so responses start flowing before the last message is read.
+work runs in worker threads (``asyncio.to_thread``), one hop per command: the
+store calls a command makes one after the other run together in one blocking
+helper (``_open_and_status``, ``_append_and_refresh``, ...), because waking a
+worker thread costs more than most of the calls themselves. Big FETCHes are
+built in batches, one hop each, so responses start flowing before the last
+message is read. A store refusal that the command answers with NO is returned
+by those helpers rather than raised, so that an error of a later step (the
+selected mailbox deleted meanwhile) still ends the session as it would alone.
 Store errors carry an RFC 5530 response code (``NONEXISTENT``, ``CANNOT``,
 ...) that goes into the NO.
 """
@@ -13,8 +19,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
-from collections.abc import Iterable
-from typing import cast
+from collections.abc import Callable, Iterable
+from typing import Literal, cast
 
 from conformance.wire import NEED_DATA, ConnectionClosed, to_crlf
 from conformance.wire.imap import (
@@ -37,7 +43,16 @@ from conformance.wire.imap import (
     quote,
 )
 
-from ..storage.imapstore import ImapStoreError, InvalidFlag, Mailbox, MailboxNotFound
+from ..storage.imapstore import (
+    ImapStore,
+    ImapStoreError,
+    InvalidFlag,
+    Mailbox,
+    MailboxNotFound,
+    MailboxStatus,
+    Selection,
+    StoreResult,
+)
 from ..storage.mailbox_index import MessageInfo
 from . import fetch as fetching
 from . import search as searching
@@ -99,7 +114,7 @@ def _refused(session: ImapSession, tag: str, exc: ImapStoreError) -> None:
         session.no(tag, exc.reason, getattr(exc, "code", None))
 
 
-def _store(session: ImapSession):  # type: ignore[no-untyped-def]
+def _store(session: ImapSession) -> ImapStore:
     return session.server.imap_store
 
 
@@ -139,15 +154,42 @@ async def _enable_condstore(session: ImapSession) -> None:
         session.untagged(f"OK [HIGHESTMODSEQ {highest}] CONDSTORE enabled")
 
 
+async def _leave_mailbox(session: ImapSession) -> None:
+    """``session.close_mailbox()``; in a worker thread only if a mailbox is selected (its
+    watch may write the index), else inline (it then only sets the state)."""
+    if session.selected is None:
+        session.close_mailbox()
+    else:
+        await asyncio.to_thread(session.close_mailbox)
+
+
 # -- SELECT, EXAMINE, CLOSE, UNSELECT -----------------------------------------------------------
+
+
+def _leave_and_select(
+    session: ImapSession, name: str, *, readonly: bool, callback: Callable[[], None]
+) -> tuple[Mailbox, Selection] | ImapStoreError:
+    """Blocking: leave the selected mailbox, then open and select (or examine) ``name``.
+
+    Returns the store's refusal of ``name`` rather than raising it.
+    """
+    session.close_mailbox()
+    try:
+        mailbox = _store(session).open(session.user, name)
+        return mailbox, mailbox.select(claim_recent=not readonly, callback=callback)
+    except ImapStoreError as exc:
+        return exc
 
 
 async def _select(session: ImapSession, cmd: Select) -> None:
     readonly = cmd.name == "EXAMINE"
-    # RFC 9051 §6.3.2: a failed SELECT leaves no mailbox selected
-    await asyncio.to_thread(session.close_mailbox)
-    name = _name(session, cmd.tag, cmd.mailbox)
-    if name is None:
+    # RFC 9051 §6.3.2: a failed SELECT leaves no mailbox selected (left before the
+    # answer, so that no news of the old mailbox goes out with it)
+    try:
+        name = _decode_name(cmd.mailbox)
+    except ValueError as exc:
+        await _leave_mailbox(session)
+        session.bad(cmd.tag, f"mailbox name: {exc}")
         return
     loop = asyncio.get_running_loop()
     event = asyncio.Event()
@@ -155,15 +197,13 @@ async def _select(session: ImapSession, cmd: Select) -> None:
     def wake() -> None:
         loop.call_soon_threadsafe(event.set)
 
-    store = _store(session)
-    try:
-        mailbox: Mailbox = await asyncio.to_thread(store.open, session.user, name)
-        selection = await asyncio.to_thread(
-            mailbox.select, claim_recent=not readonly, callback=wake
-        )
-    except ImapStoreError as exc:
-        _refused(session, cmd.tag, exc)
+    selected = await asyncio.to_thread(
+        _leave_and_select, session, name, readonly=readonly, callback=wake
+    )
+    if isinstance(selected, ImapStoreError):
+        _refused(session, cmd.tag, selected)
         return
+    mailbox, selection = selected
     condstore = cmd.condstore or "CONDSTORE" in session.enabled
     if cmd.condstore:
         session.enabled.add("CONDSTORE")
@@ -191,17 +231,22 @@ async def _select(session: ImapSession, cmd: Select) -> None:
     session.ok(cmd.tag, f"{cmd.name} completed", mode)
 
 
-async def _close(session: ImapSession, cmd: NoArguments) -> None:
-    view = _selected(session)
-    if not view.readonly:  # RFC 9051 §6.4.1: expunge silently, no EXPUNGE responses
+def _expunge_silently_and_leave(session: ImapSession, view: SelectedMailbox) -> None:
+    """Blocking: CLOSE's work. RFC 9051 §6.4.1: a read-write mailbox is expunged without
+    EXPUNGE responses (a failure is not reported either), then left."""
+    if not view.readonly:
         with contextlib.suppress(ImapStoreError, OSError):
-            await asyncio.to_thread(view.mailbox.expunge, None, origin=view.watch)
-    await asyncio.to_thread(session.close_mailbox)
+            view.mailbox.expunge(None, origin=view.watch)
+    session.close_mailbox()
+
+
+async def _close(session: ImapSession, cmd: NoArguments) -> None:
+    await asyncio.to_thread(_expunge_silently_and_leave, session, _selected(session))
     session.ok(cmd.tag, "CLOSE completed")
 
 
 async def _unselect(session: ImapSession, cmd: NoArguments) -> None:
-    await asyncio.to_thread(session.close_mailbox)
+    await _leave_mailbox(session)
     session.ok(cmd.tag, "UNSELECT completed")
 
 
@@ -226,16 +271,29 @@ async def _create(session: ImapSession, cmd: Create) -> None:
     session.ok(cmd.tag, "CREATE completed")
 
 
+def _leave_and_delete(session: ImapSession, name: str, *, leave: bool) -> ImapStoreError | None:
+    """Blocking: leave the selected mailbox first if ``leave`` (it is ``name``), then
+    delete ``name``.
+
+    Returns the store's refusal rather than raising it.
+    """
+    if leave:
+        session.close_mailbox()
+    try:
+        _store(session).delete(session.user, name)
+    except ImapStoreError as exc:
+        return exc
+    return None
+
+
 async def _delete(session: ImapSession, cmd: MailboxCommand) -> None:
     name = _name(session, cmd.tag, cmd.mailbox)
     if name is None:
         return
-    if session.selected is not None and session.selected.name == name:
-        await asyncio.to_thread(session.close_mailbox)
-    try:
-        await asyncio.to_thread(_store(session).delete, session.user, name)
-    except ImapStoreError as exc:
-        _refused(session, cmd.tag, exc)
+    leave = session.selected is not None and session.selected.name == name
+    refused = await asyncio.to_thread(_leave_and_delete, session, name, leave=leave)
+    if refused is not None:
+        _refused(session, cmd.tag, refused)
         return
     session.ok(cmd.tag, "DELETE completed")
 
@@ -374,6 +432,12 @@ _STATUS_ITEMS = {
 }
 
 
+def _open_and_status(store: ImapStore, user: str, name: str) -> tuple[Mailbox, MailboxStatus]:
+    """Blocking: STATUS's rescan and counts of ``name``."""
+    mailbox = store.open(user, name)
+    return mailbox, mailbox.status()
+
+
 async def _status(session: ImapSession, cmd: Status) -> None:
     name = _name(session, cmd.tag, cmd.mailbox)
     if name is None:
@@ -383,8 +447,9 @@ async def _status(session: ImapSession, cmd: Status) -> None:
         session.bad(cmd.tag, f"unknown STATUS item {unknown[0]}")
         return
     try:
-        mailbox = await asyncio.to_thread(_store(session).open, session.user, name)
-        status = await asyncio.to_thread(mailbox.status)
+        mailbox, status = await asyncio.to_thread(
+            _open_and_status, _store(session), session.user, name
+        )
     except ImapStoreError as exc:
         _refused(session, cmd.tag, exc)
         return
@@ -399,36 +464,70 @@ async def _status(session: ImapSession, cmd: Status) -> None:
     session.ok(cmd.tag, "STATUS completed")
 
 
+def _append_and_refresh(
+    store: ImapStore, user: str, name: str, cmd: Append, view: SelectedMailbox | None
+) -> tuple[int, int] | ImapStoreError:
+    """Blocking: store the message durably in ``name``, then collect the news of the
+    selected mailbox ``view`` (the new message's EXISTS when it went there, RFC 9051
+    §6.3.12).
+
+    Returns ``(UIDVALIDITY, UID)`` of the new message, or the store's refusal
+    rather than raising it.
+    """
+    try:
+        mailbox = store.open(user, name)
+        origin = view.watch if view is not None and view.mailbox is mailbox else None
+        uid = mailbox.append(to_crlf(cmd.message), cmd.flags, cmd.internal_date, origin=origin)
+    except ImapStoreError as exc:
+        return exc
+    if view is not None:
+        view.refresh()
+    return mailbox.uidvalidity, uid
+
+
 async def _append(session: ImapSession, cmd: Append) -> None:
     name = _name(session, cmd.tag, cmd.mailbox)
     if name is None:
         return
-    view = session.selected
-    try:
-        mailbox = await asyncio.to_thread(_store(session).open, session.user, name)
-        origin = view.watch if view is not None and view.mailbox is mailbox else None
-        uid = await asyncio.to_thread(
-            mailbox.append, to_crlf(cmd.message), cmd.flags, cmd.internal_date, origin=origin
-        )
-    except MailboxNotFound as exc:
-        session.no(cmd.tag, exc.reason, "TRYCREATE")  # RFC 9051 §6.3.12
+    appended = await asyncio.to_thread(
+        _append_and_refresh, _store(session), session.user, name, cmd, session.selected
+    )
+    if isinstance(appended, MailboxNotFound):
+        session.no(cmd.tag, appended.reason, "TRYCREATE")  # RFC 9051 §6.3.12
         return
-    except ImapStoreError as exc:
-        _refused(session, cmd.tag, exc)
+    if isinstance(appended, ImapStoreError):
+        _refused(session, cmd.tag, appended)
         return
-    if view is not None:
-        await asyncio.to_thread(view.refresh)
-    session.ok(cmd.tag, "APPEND completed", f"APPENDUID {mailbox.uidvalidity} {uid}")
+    uidvalidity, uid = appended
+    session.ok(cmd.tag, "APPEND completed", f"APPENDUID {uidvalidity} {uid}")
 
 
 # -- selected state ---------------------------------------------------------------------------
 
 
+def _flush_and_refresh(view: SelectedMailbox) -> None:
+    """Blocking: CHECK's work: write the index if it is behind, then collect the news."""
+    view.mailbox.flush()
+    view.refresh()
+
+
 async def _check(session: ImapSession, cmd: NoArguments) -> None:
-    view = _selected(session)
-    await asyncio.to_thread(view.mailbox.flush)
-    await asyncio.to_thread(view.refresh)
+    await asyncio.to_thread(_flush_and_refresh, _selected(session))
     session.ok(cmd.tag, "CHECK completed")
+
+
+def _refresh_and_expunge(
+    view: SelectedMailbox, uids: list[int] | None
+) -> list[int] | ImapStoreError | OSError:
+    """Blocking: collect the news, then expunge (only ``uids``, if given: UID EXPUNGE).
+
+    Returns the expunged UIDs, or the expunge's failure rather than raising it.
+    """
+    view.refresh()
+    try:
+        return view.mailbox.expunge(uids, origin=view.watch)
+    except (ImapStoreError, OSError) as exc:
+        return exc
 
 
 async def _expunge(session: ImapSession, cmd: Expunge) -> None:
@@ -436,14 +535,12 @@ async def _expunge(session: ImapSession, cmd: Expunge) -> None:
     if view.readonly:
         session.no(cmd.tag, "the mailbox is read-only (EXAMINE)", "READ-ONLY")
         return
-    await asyncio.to_thread(view.refresh)
     uids = None
-    if cmd.sequence is not None:
+    if cmd.sequence is not None:  # the view's UIDs change on the loop only, not in refresh
         uids = [uid for _, uid in view.resolve(cmd.sequence, uid=True)]
-    try:
-        gone = await asyncio.to_thread(view.mailbox.expunge, uids, origin=view.watch)
-    except (ImapStoreError, OSError) as exc:
-        session.no(cmd.tag, f"expunge failed: {exc}", "SERVERBUG")
+    gone = await asyncio.to_thread(_refresh_and_expunge, view, uids)
+    if isinstance(gone, (ImapStoreError, OSError)):
+        session.no(cmd.tag, f"expunge failed: {gone}", "SERVERBUG")
         return
     session.send(view.forget(gone))
     session.ok(cmd.tag, "EXPUNGE completed")
@@ -545,10 +642,7 @@ async def _fetch(session: ImapSession, cmd: Fetch) -> None:
     targets = list(view.resolve(cmd.sequence, uid=cmd.uid))
     mailbox = view.mailbox
     seen = fetching.sets_seen(cmd.items) and not view.readonly
-    if seen:
-        uids = [uid for _, uid in targets]
-        await asyncio.to_thread(mailbox.store, uids, "add", ["\\Seen"], origin=view.watch)
-    infos = {m.uid: m for m in await asyncio.to_thread(mailbox.snapshot)}
+    infos: dict[int, MessageInfo] = {}  # filled by the first step, before the first batch
     body = fetching.needs_body(cmd.items)
     # ENVELOPE/BODY/BODYSTRUCTURE alone come from the structure cache (no file reads)
     body_items = [att for att in cmd.items if fetching.needs_body((att,))]
@@ -608,8 +702,20 @@ async def _fetch(session: ImapSession, cmd: Fetch) -> None:
                 lost += 1
         return bytes(out), lost
 
+    def mark_seen_snapshot_and_build(batch: list[tuple[int, int]]) -> tuple[bytes, int]:
+        """The first step: set \\Seen if the items do, take the state that every batch
+        reports, and build the first batch."""
+        if seen:
+            mailbox.store([uid for _, uid in targets], "add", ["\\Seen"], origin=view.watch)
+        infos.update((m.uid, m) for m in mailbox.snapshot())
+        return build(batch)
+
+    # one hop per batch, the first one with the \Seen marking and the snapshot (no
+    # messages named, as by UIDs that are not here: nothing to mark, read or answer)
+    step = mark_seen_snapshot_and_build
     for start in range(0, len(targets), FETCH_BATCH):
-        chunk, lost = await asyncio.to_thread(build, targets[start : start + FETCH_BATCH])
+        chunk, lost = await asyncio.to_thread(step, targets[start : start + FETCH_BATCH])
+        step = build
         missing += lost
         session.send(chunk)
         await session.flush()
@@ -646,6 +752,34 @@ class _Whole:
         return self.data
 
 
+_STORE_MODES: dict[str, Literal["add", "remove", "replace"]] = {
+    "add": "add",
+    "remove": "remove",
+    "set": "replace",
+}
+
+
+def _store_and_snapshot(
+    view: SelectedMailbox, uids: list[int], cmd: Store, *, snapshot: bool
+) -> tuple[StoreResult, list[MessageInfo] | None] | ImapStoreError:
+    """Blocking: change the flags, then (with ``snapshot``) take the messages' new state
+    for the FETCH responses.
+
+    Returns the store's refusal rather than raising it.
+    """
+    try:
+        result = view.mailbox.store(
+            uids,
+            _STORE_MODES[cmd.action],
+            cmd.flags,
+            unchanged_since=cmd.unchangedsince,
+            origin=view.watch,
+        )
+    except ImapStoreError as exc:
+        return exc
+    return result, view.mailbox.snapshot() if snapshot else None
+
+
 async def _store_flags(session: ImapSession, cmd: Store) -> None:
     view = _selected(session)
     if not cmd.uid and not _numbers_ok(session, cmd.tag, view, cmd.sequence):
@@ -656,23 +790,20 @@ async def _store_flags(session: ImapSession, cmd: Store) -> None:
     if cmd.unchangedsince is not None:
         await _enable_condstore(session)  # RFC 7162 §3.1: an enabling command
     targets = list(view.resolve(cmd.sequence, uid=cmd.uid))
-    mode = {"add": "add", "remove": "remove", "set": "replace"}[cmd.action]
-    mailbox = view.mailbox
-    try:
-        result = await asyncio.to_thread(
-            mailbox.store,
-            [uid for _, uid in targets],
-            mode,  # type: ignore[arg-type]
-            cmd.flags,
-            unchanged_since=cmd.unchangedsince,
-            origin=view.watch,
-        )
-    except ImapStoreError as exc:
-        _refused(session, cmd.tag, exc)
+    stored = await asyncio.to_thread(
+        _store_and_snapshot,
+        view,
+        [uid for _, uid in targets],
+        cmd,
+        snapshot=not cmd.silent or view.condstore,
+    )
+    if isinstance(stored, ImapStoreError):
+        _refused(session, cmd.tag, stored)
         return
+    result, snapshot = stored
     modified = set(result.modified)
-    if not cmd.silent or view.condstore:
-        infos = {m.uid: m for m in await asyncio.to_thread(mailbox.snapshot)}
+    if snapshot is not None:
+        infos = {m.uid: m for m in snapshot}
         changed = set(result.changed)
         for seq, uid in targets:
             info = infos.get(uid)
@@ -693,6 +824,23 @@ async def _store_flags(session: ImapSession, cmd: Store) -> None:
         session.ok(cmd.tag, f"{'UID ' if cmd.uid else ''}STORE completed")
 
 
+def _open_and_transfer(
+    store: ImapStore, user: str, name: str, view: SelectedMailbox, uids: list[int], *, move: bool
+) -> tuple[int, list[tuple[int, int]]] | ImapStoreError:
+    """Blocking: copy or move messages of the selected mailbox into ``name``.
+
+    Returns the target's UIDVALIDITY and the ``(source UID, new UID)`` pairs, or
+    the store's refusal rather than raising it.
+    """
+    try:
+        dest = store.open(user, name)
+        transfer = view.mailbox.move if move else view.mailbox.copy
+        pairs = transfer(uids, dest, origin=view.watch)
+    except ImapStoreError as exc:
+        return exc
+    return dest.uidvalidity, pairs
+
+
 async def _copy_move(session: ImapSession, cmd: CopyMove) -> None:
     view = _selected(session)
     if not cmd.uid and not _numbers_ok(session, cmd.tag, view, cmd.sequence):
@@ -705,21 +853,21 @@ async def _copy_move(session: ImapSession, cmd: CopyMove) -> None:
     if name is None:
         return
     uids = [uid for _, uid in view.resolve(cmd.sequence, uid=cmd.uid)]
-    try:
-        dest = await asyncio.to_thread(_store(session).open, session.user, name)
-        transfer = view.mailbox.move if move else view.mailbox.copy
-        pairs = await asyncio.to_thread(transfer, uids, dest, origin=view.watch)
-    except MailboxNotFound as exc:
-        session.no(cmd.tag, exc.reason, "TRYCREATE")
+    transferred = await asyncio.to_thread(
+        _open_and_transfer, _store(session), session.user, name, view, uids, move=move
+    )
+    if isinstance(transferred, MailboxNotFound):
+        session.no(cmd.tag, transferred.reason, "TRYCREATE")
         return
-    except ImapStoreError as exc:
-        _refused(session, cmd.tag, exc)
+    if isinstance(transferred, ImapStoreError):
+        _refused(session, cmd.tag, transferred)
         return
+    uidvalidity, pairs = transferred
     code = None
     if pairs:
         src = _uid_set(p[0] for p in pairs)
         dst = _uid_set(p[1] for p in pairs)
-        code = f"COPYUID {dest.uidvalidity} {src} {dst}"
+        code = f"COPYUID {uidvalidity} {src} {dst}"
     if move:
         if code is not None:
             session.untagged(f"OK [{code}] moved")  # RFC 6851 §4.3

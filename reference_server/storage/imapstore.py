@@ -112,6 +112,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import itertools
 import logging
 import os
@@ -207,6 +208,11 @@ _MAILDIR_SUBDIRS = ("cur", "new", "tmp")
 _NO_LINK = {errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP, errno.EOPNOTSUPP}
 
 Callback = Callable[[], None]
+
+# Folder directory name -> mailbox name, remembered: a pure function of the name, and the
+# scan of a user's folders (CREATE, DELETE, RENAME, LIST, opening a missing mailbox)
+# would otherwise decode every folder's name each time.
+_folder_name = functools.lru_cache(maxsize=65536)(dirname_to_name)
 
 
 # -- errors -------------------------------------------------------------------------------
@@ -1416,7 +1422,7 @@ class ImapStore:
                 return mailbox
         path = mailbox_path(root, name)
         if not (path / "cur").is_dir():
-            if path.is_dir() or any(is_inferior(n, name) for n in self._scan_dirs(root)):
+            if path.is_dir() or any(is_inferior(n, name) for n, _ in self._folders(root)):
                 raise MailboxNotSelectable(
                     f"mailbox {name!r} is \\Noselect (it has only inferiors)"
                 )
@@ -1475,11 +1481,16 @@ class ImapStore:
         name = canonical_name(name, allow_trailing_delimiter=True)
         root = self.ensure_user(user)
         with self._user_lock(user):
-            existing = self._scan_dirs(root)
-            if name == INBOX or existing.get(name, False):
+            folders = dict(self._folders(root))  # stat only the few names that matter
+
+            def selectable(folder: str) -> bool:
+                path = folders.get(folder)
+                return path is not None and os.path.isdir(os.path.join(path, "cur"))
+
+            if name == INBOX or selectable(name):
                 raise MailboxExists(f"mailbox {name!r} already exists")
             for parent in parent_names(name):
-                if parent != INBOX and not existing.get(parent, False):
+                if parent != INBOX and not selectable(parent):
                     self._make_mailbox(root, parent)
             self._make_mailbox(root, name)
         return name
@@ -1676,18 +1687,22 @@ class ImapStore:
 
     def _scan_dirs(self, root: Path) -> dict[str, bool]:
         """``{canonical name: selectable}`` for every Maildir++ folder of a user."""
-        found: dict[str, bool] = {}
+        return {
+            name: os.path.isdir(os.path.join(path, "cur")) for name, path in self._folders(root)
+        }
+
+    def _folders(self, root: Path) -> Iterator[tuple[str, str]]:
+        """``(canonical name, path)`` of every Maildir++ folder of a user, selectable or not."""
         try:
             with os.scandir(root) as it:
                 for entry in it:
                     if entry.name[:1] != "." or not entry.is_dir(follow_symlinks=False):
                         continue
-                    name = dirname_to_name(entry.name)
+                    name = _folder_name(entry.name)
                     if name is not None:
-                        found[name] = os.path.isdir(os.path.join(entry.path, "cur"))
+                        yield name, entry.path
         except FileNotFoundError:
             pass
-        return found
 
     def _make_mailbox(self, root: Path, name: str) -> Path:
         """Create one folder atomically (built aside, then renamed into place)."""
