@@ -34,6 +34,7 @@ __all__ = [
     "Reader",
     "Send",
     "SessionModel",
+    "StateStep",
     "StepRecord",
     "Violation",
 ]
@@ -260,6 +261,27 @@ class SessionModel(Protocol):
 
 
 @dataclass(frozen=True, kw_only=True)
+class StateStep:
+    """A rule of the state machine that fits only some states of the session: its
+    sends are drawn from what the model knows there (message numbers that exist, the
+    UIDs seen), which a draw made up front cannot know.
+
+    Attributes:
+        name: the rule's name (Hypothesis shows it in a failing example).
+        applies: the rule's precondition, over the session model.
+        sends: the sends for the model's current state.
+    """
+
+    name: str
+    applies: Callable[[Any], bool]
+    sends: Callable[[Any], SearchStrategy[list[Send]]]
+
+
+def _same(sends: list[Send], sent: int) -> list[Send]:
+    return sends
+
+
+@dataclass(frozen=True, kw_only=True)
 class ProtocolFuzz:
     """What a protocol plugs into the protocol-neutral engine."""
 
@@ -291,3 +313,10 @@ class ProtocolFuzz:
     class_of: Callable[[Answer], str] = str
     #: every answer of ``code``'s class (SMTP: all 2xx codes), for a differential's expect
     class_members: Callable[[Answer], frozenset[Answer]] = lambda code: frozenset({code})
+    #: one step of the state machine: a command, or a ready-made block of a few
+    #: (``commands`` is a list of these, for whole dialogues drawn up front)
+    steps: Callable[[Target], SearchStrategy[list[Send]]] | None = None
+    #: the rules that fit only some states (see :class:`StateStep`)
+    state_steps: Callable[[Target], tuple[StateStep, ...]] = lambda target: ()
+    #: a step's sends as they go out after ``sent`` others (IMAP: the next tags)
+    number: Callable[[list[Send], int], list[Send]] = _same

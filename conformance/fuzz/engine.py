@@ -1,15 +1,13 @@
-"""The Hypothesis run: draw dialogues, play them, shrink what fails.
+"""The Hypothesis run: play dialogues as a state machine, shrink what fails.
 
-One example is one dialogue on a fresh connection. Examples are drawn up front
-(``@given`` over a command list) rather than by a ``RuleBasedStateMachine``: the
-model already answers "what may the server say to this command in this state" for
-every command in every state, so no precondition is needed, and a list shrinks
-well (drop commands, simplify each one) and draws the same examples for the same
-seed whatever the server answers, which keeps runs reproducible.
-
-Every finding is a :class:`~conformance.fuzz.dialogue.Finding` subclass raised
-from the oracle; with ``report_multiple_bugs`` Hypothesis shrinks each kind on
-its own and hands all of them back.
+One example is one dialogue on a fresh connection, run as a
+``RuleBasedStateMachine`` (:mod:`conformance.fuzz.machine`): each rule step plays
+a command (or a ready-made block) drawn by the protocol's strategies, some rules only
+in the states where they fit, with arguments from what the session model knows.
+Every answer is judged as it comes; a broken invariant raises its
+:class:`~conformance.fuzz.dialogue.Finding`, and Hypothesis shrinks the steps. With
+``report_multiple_bugs`` each kind of finding is shrunk on its own and all of them
+come back.
 """
 
 from __future__ import annotations
@@ -18,16 +16,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
-from hypothesis import HealthCheck, Phase, given, seed, settings
+from hypothesis import HealthCheck, Phase, Verbosity, seed, settings
+from hypothesis.stateful import run_state_machine_as_test
 
 from conformance.fuzz.dialogue import Finding, Login, ProtocolFuzz, Send
-from conformance.fuzz.oracle import (
-    Connector,
-    DialogueStats,
-    SocketConnector,
-    compare_dialogues,
-    run_dialogue,
-)
+from conformance.fuzz.machine import SecondSide, dialogue_machine
+from conformance.fuzz.oracle import Connector, DialogueStats, SocketConnector, run_dialogue
 from conformance.fuzz.retrieve import RetrieveCheck
 from conformance.targets import Service, Target
 
@@ -103,6 +97,7 @@ def fuzz(
     connector: Connector | None = None,
     second: SecondTarget | None = None,
     retrieve: RetrieveCheck | None = None,
+    max_steps: int = 8,
 ) -> FuzzReport:
     """Fuzz one service; return the shrunk findings (de-duplicated by the caller's writer).
 
@@ -110,6 +105,7 @@ def fuzz(
         proto: the protocol plug-in (:data:`conformance.fuzz.PROTOCOLS`).
         seed_value: the Hypothesis seed: the same seed draws the same dialogues.
         max_examples: dialogues to generate (shrinking adds more).
+        max_steps: the most rule steps (commands or blocks) in one dialogue.
         time_budget: seconds after which no new dialogue is played (those left are
             skipped without a connection); shrinking of a finding already made
             still completes.
@@ -133,58 +129,52 @@ def fuzz(
         retrieve.probe()
     if second is not None:
         run_dialogue(proto, second.connector, [], deadline=deadline, login=second.login)
-        translate = _translator(target, second.target)
     shrinking = {"on": False}
 
-    @seed(seed_value)
-    @settings(
+    def out_of_time() -> bool:
+        over = time_budget is not None and time.monotonic() - started > time_budget
+        if over and not shrinking["on"]:
+            report.out_of_time = True
+            return True
+        return False
+
+    def finding_seen() -> None:
+        shrinking["on"] = True
+
+    def done() -> None:
+        if progress is not None:
+            progress(report.stats)
+
+    machine = dialogue_machine(
+        proto,
+        target,
+        where,
+        deadline=deadline,
+        stats=report.stats,
+        login=login,
+        retrieve=retrieve,
+        second=None
+        if second is None
+        else SecondSide(second.connector, second.login, _translator(target, second.target)),
+        skip=out_of_time,
+        on_failure=finding_seen,
+        on_done=done,
+    )
+    machine_settings = settings(
         max_examples=max_examples,
+        stateful_step_count=max_steps,
         deadline=None,
         database=None,
         derandomize=False,
         report_multiple_bugs=True,
-        phases=(Phase.explicit, Phase.generate, Phase.shrink),
+        phases=(Phase.generate, Phase.shrink),
         suppress_health_check=list(HealthCheck),
         print_blob=False,
+        verbosity=Verbosity.quiet,
     )
-    @given(proto.commands(target))
-    def one_dialogue(sends: list[Send]) -> None:
-        over = time_budget is not None and time.monotonic() - started > time_budget
-        if over and not shrinking["on"]:
-            report.out_of_time = True
-            return
-        try:
-            records = run_dialogue(
-                proto,
-                where,
-                sends,
-                deadline=deadline,
-                stats=report.stats,
-                login=login,
-                retrieve=retrieve,
-            )
-            if second is not None:
-                try:
-                    other = run_dialogue(
-                        proto,
-                        second.connector,
-                        translate(sends),
-                        deadline=deadline,
-                        login=second.login,
-                    )
-                except Finding as judged:  # not judged here: only the classes count
-                    other = judged.records
-                differs = compare_dialogues(proto, records, other)
-                if differs is not None:
-                    raise differs
-        except Finding:
-            shrinking["on"] = True
-            raise
-        if progress is not None:
-            progress(report.stats)
 
     try:
-        one_dialogue()
+        run_state_machine_as_test(seed(seed_value)(machine), settings=machine_settings)
     except (Finding, BaseExceptionGroup) as exc:
         found = _flatten(exc)
         if not found:

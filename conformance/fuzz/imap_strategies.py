@@ -21,14 +21,15 @@ The near-misses: the command name in another case (still well-formed: RFC 9051 Â
 from __future__ import annotations
 
 from dataclasses import replace
+from typing import Any
 
 from hypothesis import strategies as st
 
-from conformance.fuzz.dialogue import Send
+from conformance.fuzz.dialogue import Send, StateStep
 from conformance.fuzz.imap_model import MESSAGE
 from conformance.targets import Target
 
-__all__ = ["VERBS", "imap_commands"]
+__all__ = ["BOX", "VERBS", "imap_commands", "imap_number", "imap_state_steps", "imap_steps"]
 
 VERBS = (
     "CAPABILITY", "NOOP", "LOGOUT", "LOGIN", "SELECT", "EXAMINE", "CREATE", "DELETE", "RENAME",
@@ -198,13 +199,64 @@ def _tagged(items: list[list[Send]]) -> list[Send]:
     return out
 
 
-def imap_commands(target: Target, max_size: int = 8) -> st.SearchStrategy[list[Send]]:
-    """Tagged command lists for one session; shrinks towards fewer, simpler commands."""
+def imap_steps(target: Target) -> st.SearchStrategy[list[Send]]:
+    """One step of a session, untagged (:func:`imap_number` tags it): a command, a
+    mailbox set up and selected with commands of the selected state, UIDs around a
+    change, or LOGOUT."""
     in_mailbox = st.lists(_command(target, _IN_MAILBOX), min_size=1, max_size=3)
-    item = st.one_of(
+    return st.one_of(
         _command(target).map(lambda c: [c]),
         in_mailbox.map(lambda cs: [*_setup(), *cs]),
         _expunge_block(),
         st.just([_cmd("LOGOUT", "LOGOUT")]),
     )
-    return st.lists(item, min_size=1, max_size=max_size).map(_tagged)
+
+
+def imap_number(sends: list[Send], sent: int) -> list[Send]:
+    """Tag a step's commands as the ones after the ``sent`` already sent."""
+    out: list[Send] = []
+    for send in sends:
+        if send.tag == _UNTAGGED:
+            tag = f"a{sent + len(out) + 1}"
+            send = replace(send, tag=tag, wire=tag.encode() + b" " + send.wire)
+        out.append(send)
+    return out
+
+
+def imap_commands(target: Target, max_size: int = 8) -> st.SearchStrategy[list[Send]]:
+    """Tagged command lists for one session; shrinks towards fewer, simpler commands."""
+    return st.lists(imap_steps(target), min_size=1, max_size=max_size).map(_tagged)
+
+
+def imap_state_steps(target: Target) -> tuple[StateStep, ...]:
+    """With a mailbox of this dialogue selected and messages in it: FETCH, STORE,
+    COPY and their UID forms on messages that exist (or the one just past the last),
+    by number or by a UID the session has seen: where the data invariants live."""
+
+    def on_messages(model: Any) -> st.SearchStrategy[list[Send]]:
+        n = st.integers(1, model.exists + 1)
+        seq = st.one_of(n.map(str), st.builds(lambda a, b: f"{min(a, b)}:{max(a, b)}", n, n))
+        seen = sorted({u for u in model.uids if u is not None})
+        uid = st.sampled_from(seen).map(str) if seen else st.just("1")
+        uid_set = st.one_of(uid, uid.map(lambda u: f"{u}:*"))
+        line = st.one_of(
+            st.builds(lambda s, i: f"FETCH {s} {i}", seq, _fetch_items),
+            st.builds(lambda s, o: f"STORE {s} {o}", seq, _store),
+            st.builds(lambda s, i: f"UID FETCH {s} {i}", uid_set, _fetch_items),
+            st.builds(lambda s, o: f"UID STORE {s} {o}", uid_set, _store),
+            st.builds(lambda s: f"COPY {s} {BOX}-b", seq),
+        )
+        return line.map(lambda text: [_cmd(text.split()[0], text)])
+
+    return (
+        StateStep(
+            name="on_messages",
+            applies=lambda model: (
+                model.selected is not None
+                and model.selected.startswith(BOX)
+                and not model.read_only
+                and model.exists > 0
+            ),
+            sends=on_messages,
+        ),
+    )

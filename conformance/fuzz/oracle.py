@@ -43,6 +43,7 @@ from conformance.fuzz.dialogue import (
     Crash,
     Differential,
     Expectation,
+    Finding,
     Hang,
     Inconsistent,
     Login,
@@ -65,6 +66,7 @@ __all__ = [
     "Channel",
     "Connector",
     "DialogueStats",
+    "LiveDialogue",
     "SocketChannel",
     "SocketConnector",
     "answer_class",
@@ -238,6 +240,155 @@ def _play_login(
             conn.starttls(login, deadline)
 
 
+class LiveDialogue:
+    """One connection played a piece at a time: the greeting (and the login prefix) when
+    it opens, then :meth:`play` for each piece of the dialogue, each answer judged.
+
+    :func:`run_dialogue` plays a whole list with it; the state machine
+    (:mod:`conformance.fuzz.machine`) one rule's sends per step. ``records`` holds
+    every step so far; ``ended`` says the dialogue is over (a close the model
+    allowed, QUIT/LOGOUT, a line after which nothing is judged): :meth:`play` is then
+    a no-op. A broken invariant raises a :class:`~conformance.fuzz.dialogue.Finding`
+    carrying the records, and also ends the dialogue.
+
+    Raises (on opening):
+        ConnectionError: the service could not be reached at all (not a finding);
+            :class:`LoginFailed` if the login prefix did not succeed.
+    """
+
+    def __init__(
+        self,
+        proto: ProtocolFuzz,
+        where: Service | Connector,
+        *,
+        deadline: float,
+        connect_timeout: float = 5.0,
+        stats: DialogueStats | None = None,
+        login: Login | None = None,
+    ) -> None:
+        self.proto, self.deadline, self.login = proto, deadline, login
+        self.stats = stats if stats is not None else DialogueStats()
+        self.stats.dialogues += 1
+        self.model = proto.new_model()
+        self.records: list[StepRecord] = []
+        self.sent = 0  # sends played (the login prefix not counted)
+        self.ended = False
+        connector = SocketConnector(where, connect_timeout) if isinstance(where, Service) else where
+        self.conn = _Conn(proto, connector.open(), secrets.token_hex(5).encode())
+        try:
+            self._step(_GREETING)
+        except BaseException:
+            self.close()
+            raise
+
+    @property
+    def run(self) -> bytes:
+        """This dialogue's ``{run}`` token."""
+        return self.conn.run
+
+    def play(self, sends: list[Send]) -> None:
+        """Each send in turn, with what the model sends after it (message data after a
+        354, a literal after a continuation); stops where the dialogue ends."""
+        for send in sends:
+            current: Send | None = send
+            while current is not None and not self.ended:
+                current = self._step(current)
+
+    def close(self) -> None:
+        self.ended = True
+        self.conn.chan.close()
+
+    def _step(self, current: Send) -> Send | None:
+        """One send and its answer, judged; the model's follow-up send, if any."""
+        try:
+            return self._judged(current)
+        except Finding:
+            self.ended = True
+            raise
+
+    def _judged(self, current: Send) -> Send | None:
+        proto, conn, model, records, stats = (
+            self.proto,
+            self.conn,
+            self.model,
+            self.records,
+            self.stats,
+        )
+        deadline = self.deadline
+        greeting = current is _GREETING
+        expectation = model.greeting() if greeting else model.expect(current)
+        state = model.state()
+        stats.states.add(state)
+        if not greeting:
+            self.sent += 1
+            stats.steps += 1
+            stats.verbs[current.verb] = stats.verbs.get(current.verb, 0) + 1
+            conn.send(current)
+        try:
+            event = conn.answer(current, deadline)
+        except _Timeout:
+            records.append(_record(current, expectation, "no answer (timeout)", state))
+            raise Hang(f"no answer within {deadline:g}s to {_show(current)}", records) from None
+        except _Malformed as exc:
+            records.append(_record(current, expectation, f"malformed: {exc}", state))
+            raise BadReply(f"malformed answer to {_show(current)}: {exc}", records) from None
+        except _Closed:
+            records.append(_record(current, expectation, "connection closed", state))
+            if expectation.may_close:
+                self.ended = True
+                return None
+            raise Crash(
+                f"the server dropped the connection after {_show(current)} "
+                f"(expected {expectation.why})",
+                records,
+            ) from None
+        code = proto.code_of(event)
+        stats.codes[code] = stats.codes.get(code, 0) + 1
+        records.append(_record(current, expectation, proto.describe(event), state, code))
+        if not expectation.accepts(code):
+            raise WrongReply(
+                f"{proto.describe(event)} to {_show(current)}; expected {expectation.why}",
+                records,
+            )
+        if (greeting and not proto.greeting_ok(code)) or code in proto.final:
+            # refused: nothing to fuzz; SMTP 421 (RFC 5321 §3.8), IMAP BYE: the server closes
+            self.ended = True
+            return None
+        if expectation.closes or code in proto.closing:  # SMTP 221 (RFC 5321 §4.2.2)
+            self.ended = True
+            try:
+                _read_event(conn.chan, conn.reader, time.monotonic() + deadline)
+            except (_Closed, _Malformed):
+                return None
+            except _Timeout:
+                pass
+            raise NoClose(
+                f"the connection stayed open after {proto.describe(event)} to "
+                f"{_show(current)} ({expectation.why})",
+                records,
+            )
+        if greeting:
+            if self.login is not None:
+                _play_login(proto, conn, model, self.login, deadline)
+            return None
+        try:
+            follow = model.observe(current, code, event)
+        except Violation as bad:
+            records[-1] = StepRecord(
+                send=current,
+                expectation=expectation,
+                outcome=records[-1].outcome,
+                state=state,
+                code=code,
+                extra_expect=bad.expect,
+            )
+            raise Inconsistent(f"{bad.message} (after {_show(current)})", records) from None
+        if current.terminal:
+            self.ended = True
+            return None
+        return follow
+
+
 def run_dialogue(
     proto: ProtocolFuzz,
     where: Service | Connector,
@@ -261,110 +412,22 @@ def run_dialogue(
         ConnectionError: the service could not be reached at all (not a finding);
             :class:`LoginFailed` if the login prefix did not succeed.
     """
-    stats = stats if stats is not None else DialogueStats()
-    stats.dialogues += 1
-    model = proto.new_model()
-    records: list[StepRecord] = []
-    connector = SocketConnector(where, connect_timeout) if isinstance(where, Service) else where
-    conn = _Conn(proto, connector.open(), secrets.token_hex(5).encode())
+    live = LiveDialogue(
+        proto, where, deadline=deadline, connect_timeout=connect_timeout, stats=stats, login=login
+    )
     try:
-        _play(proto, conn, model, sends, records, deadline=deadline, stats=stats, login=login)
+        live.play(sends)
     finally:
-        conn.chan.close()
-    delivered = getattr(model, "delivered", None)  # SMTP: messages that got 2xx
+        live.close()
+    check_retrieval(live, retrieve)
+    return live.records
+
+
+def check_retrieval(live: LiveDialogue, retrieve: RetrieveCheck | None) -> None:
+    """SMTP: every message that got 2xx for an account is in its INBOX (after the close)."""
+    delivered = getattr(live.model, "delivered", None)
     if retrieve is not None and delivered:
-        retrieve.check(conn.run, delivered, records)
-    return records
-
-
-def _play(
-    proto: ProtocolFuzz,
-    conn: _Conn,
-    model: Any,
-    sends: list[Send],
-    records: list[StepRecord],
-    *,
-    deadline: float,
-    stats: DialogueStats,
-    login: Login | None,
-) -> None:
-    """The dialogue itself: appends to ``records``, raises a Finding."""
-    queue = list(sends)
-    current, expectation = _GREETING, model.greeting()
-    while True:
-        state = model.state()
-        stats.states.add(state)
-        if current is not _GREETING:
-            stats.steps += 1
-            stats.verbs[current.verb] = stats.verbs.get(current.verb, 0) + 1
-            conn.send(current)
-        try:
-            event = conn.answer(current, deadline)
-        except _Timeout:
-            records.append(_record(current, expectation, "no answer (timeout)", state))
-            raise Hang(f"no answer within {deadline:g}s to {_show(current)}", records) from None
-        except _Malformed as exc:
-            records.append(_record(current, expectation, f"malformed: {exc}", state))
-            raise BadReply(f"malformed answer to {_show(current)}: {exc}", records) from None
-        except _Closed:
-            records.append(_record(current, expectation, "connection closed", state))
-            if expectation.may_close:
-                return
-            raise Crash(
-                f"the server dropped the connection after {_show(current)} "
-                f"(expected {expectation.why})",
-                records,
-            ) from None
-        code = proto.code_of(event)
-        stats.codes[code] = stats.codes.get(code, 0) + 1
-        records.append(_record(current, expectation, proto.describe(event), state, code))
-        if not expectation.accepts(code):
-            raise WrongReply(
-                f"{proto.describe(event)} to {_show(current)}; expected {expectation.why}",
-                records,
-            )
-        if current is _GREETING and not proto.greeting_ok(code):  # refused: nothing to fuzz
-            return
-        if code in proto.final:  # SMTP 421 (RFC 5321 §3.8), IMAP BYE: the server closes
-            return
-        if expectation.closes or code in proto.closing:  # SMTP 221 (RFC 5321 §4.2.2)
-            try:
-                _read_event(conn.chan, conn.reader, time.monotonic() + deadline)
-            except (_Closed, _Malformed):
-                return
-            except _Timeout:
-                pass
-            raise NoClose(
-                f"the connection stayed open after {proto.describe(event)} to "
-                f"{_show(current)} ({expectation.why})",
-                records,
-            )
-        if current is _GREETING:
-            if login is not None:
-                _play_login(proto, conn, model, login, deadline)
-            follow = None
-        else:
-            try:
-                follow = model.observe(current, code, event)
-            except Violation as bad:
-                records[-1] = StepRecord(
-                    send=current,
-                    expectation=expectation,
-                    outcome=records[-1].outcome,
-                    state=state,
-                    code=code,
-                    extra_expect=bad.expect,
-                )
-                raise Inconsistent(f"{bad.message} (after {_show(current)})", records) from None
-        if current is not _GREETING and current.terminal:
-            return
-        if follow is not None:
-            current = follow
-        elif queue:
-            current = queue.pop(0)
-        else:
-            return
-        expectation = model.expect(current)
+        retrieve.check(live.run, delivered, live.records)
 
 
 def answer_class(proto: ProtocolFuzz, record: StepRecord) -> str:

@@ -17,13 +17,14 @@ comes after an RSET, so a fuzzed session never makes the server delete a message
 from __future__ import annotations
 
 import base64
+from typing import Any
 
 from hypothesis import strategies as st
 
-from conformance.fuzz.dialogue import Send
+from conformance.fuzz.dialogue import Send, StateStep
 from conformance.targets import Target
 
-__all__ = ["VERBS", "pop3_commands"]
+__all__ = ["VERBS", "pop3_commands", "pop3_state_steps", "pop3_steps"]
 
 VERBS = (
     "USER", "PASS", "APOP", "STAT", "LIST", "RETR", "DELE", "NOOP", "RSET", "TOP", "UIDL",
@@ -126,12 +127,37 @@ def _quit() -> list[Send]:
     return [_line("RSET", "RSET"), _line("QUIT", "QUIT")]
 
 
+def pop3_steps(target: Target) -> st.SearchStrategy[list[Send]]:
+    """One step of a session: a command, the STAT/DELE/use block, or RSET and QUIT."""
+    return st.one_of(_command(target).map(lambda c: [c]), _deleted_block(), st.just(_quit()))
+
+
+def pop3_state_steps(target: Target) -> tuple[StateStep, ...]:
+    """In TRANSACTION once STAT told the maildrop's size: a command on a message
+    that exists (or the one just past the last), the numbers a draw made up front
+    can only guess."""
+
+    def on_message(model: Any) -> st.SearchStrategy[list[Send]]:
+        number = st.integers(1, model.total + 1)
+        verb = st.sampled_from(["RETR {n}", "TOP {n} 0", "TOP {n} 2", "LIST {n}", "UIDL {n}",
+                                "DELE {n}"])  # fmt: skip
+        return st.builds(lambda n, v: [_line(v.split()[0], v.format(n=n))], number, verb)
+
+    return (
+        StateStep(
+            name="on_a_message",
+            applies=lambda model: bool(model.transaction) and model.total is not None,
+            sends=on_message,
+        ),
+    )
+
+
 def pop3_commands(target: Target, max_size: int = 8) -> st.SearchStrategy[list[Send]]:
     """Command lists for one session; shrinks towards fewer, simpler commands.
 
     A dialogue that draws STLS ends with it; one that draws QUIT gets an RSET first.
     """
-    item = st.one_of(_command(target).map(lambda c: [c]), _deleted_block(), st.just(_quit()))
+    item = pop3_steps(target)
 
     def flatten(items: list[list[Send]]) -> list[Send]:
         out: list[Send] = []

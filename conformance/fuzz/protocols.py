@@ -16,12 +16,17 @@ from typing import Any
 from conformance.fuzz.dialogue import AnswerClosed, Expectation, Login, ProtocolFuzz, Send
 from conformance.fuzz.imap_model import ImapAnswer, ImapModel
 from conformance.fuzz.imap_strategies import VERBS as IMAP_VERBS
-from conformance.fuzz.imap_strategies import imap_commands
+from conformance.fuzz.imap_strategies import (
+    imap_commands,
+    imap_number,
+    imap_state_steps,
+    imap_steps,
+)
 from conformance.fuzz.pop3_model import Pop3Model
 from conformance.fuzz.pop3_strategies import VERBS as POP3_VERBS
-from conformance.fuzz.pop3_strategies import pop3_commands
+from conformance.fuzz.pop3_strategies import pop3_commands, pop3_state_steps, pop3_steps
 from conformance.fuzz.smtp_model import P2, P5, T4, SmtpModel
-from conformance.fuzz.smtp_strategies import VERBS, smtp_commands
+from conformance.fuzz.smtp_strategies import VERBS, smtp_commands, smtp_state_steps, smtp_steps
 from conformance.wire.imap import (
     ContinuationRequest,
     ImapResponseReader,
@@ -61,6 +66,8 @@ def _smtp() -> ProtocolFuzz:
         name="smtp",
         default_service="mx",
         commands=smtp_commands,
+        steps=smtp_steps,
+        state_steps=smtp_state_steps,
         new_model=SmtpModel,
         new_reader=lambda: SmtpReplyReader(strict=True),
         code_of=lambda reply: reply.code,
@@ -154,6 +161,8 @@ def _pop3() -> ProtocolFuzz:
         name="pop3",
         default_service="pop3",
         commands=pop3_commands,
+        steps=pop3_steps,
+        state_steps=pop3_state_steps,
         new_model=Pop3Model,
         new_reader=lambda: Pop3ResponseReader(strict=True),
         code_of=_pop3_code,
@@ -245,6 +254,9 @@ def _imap() -> ProtocolFuzz:
         name="imap",
         default_service="imap",
         commands=imap_commands,
+        steps=imap_steps,
+        state_steps=imap_state_steps,
+        number=imap_number,
         new_model=ImapModel,
         new_reader=lambda: ImapResponseReader(strict=True),
         code_of=lambda answer: answer.code,

@@ -13,12 +13,14 @@ upper-case commands with the simplest arguments.
 
 from __future__ import annotations
 
+from typing import Any
+
 from hypothesis import strategies as st
 
-from conformance.fuzz.dialogue import Send
+from conformance.fuzz.dialogue import Send, StateStep
 from conformance.targets import Target
 
-__all__ = ["VERBS", "smtp_commands"]
+__all__ = ["VERBS", "smtp_commands", "smtp_state_steps", "smtp_steps"]
 
 # STARTTLS (and AUTH) are left out: a TLS upgrade is a different kind of dialogue.
 VERBS = ("EHLO", "HELO", "MAIL", "RCPT", "DATA", "RSET", "NOOP", "VRFY", "EXPN", "HELP", "QUIT")
@@ -136,9 +138,33 @@ def _transaction(target: Target) -> st.SearchStrategy[list[Send]]:
     )
 
 
+def smtp_steps(target: Target) -> st.SearchStrategy[list[Send]]:
+    """One step of a session: a command, or the EHLO/MAIL/RCPT(/DATA) block."""
+    return st.one_of(_command(target).map(lambda c: [c]), _transaction(target))
+
+
 def smtp_commands(target: Target, max_size: int = 8) -> st.SearchStrategy[list[Send]]:
     """Command lists for one session; shrinks towards fewer, simpler commands."""
-    item = st.one_of(_command(target).map(lambda c: [c]), _transaction(target))
-    return st.lists(item, min_size=1, max_size=max_size).map(
+    return st.lists(smtp_steps(target), min_size=1, max_size=max_size).map(
         lambda items: [c for chunk in items for c in chunk]
+    )
+
+
+def smtp_state_steps(target: Target) -> tuple[StateStep, ...]:
+    """In a transaction: a recipient the server should take (an account), or DATA once
+    one was taken, so that the machine goes deeper where the model already is."""
+    known = [a.address for a in target.accounts.values()] or [f"postmaster@{target.domain}"]
+
+    def more(model: Any) -> st.SearchStrategy[list[Send]]:
+        rcpt = st.sampled_from(known).map(lambda a: [_line("RCPT", f"RCPT TO:<{a}>")])
+        if not model.recipients:
+            return rcpt
+        return st.one_of(rcpt, st.just([_line("DATA", "DATA")]))
+
+    return (
+        StateStep(
+            name="in_transaction",
+            applies=lambda model: bool(model.mail) and not model.in_data,
+            sends=more,
+        ),
     )

@@ -92,6 +92,8 @@ def buggy_imap(bug: str) -> Callable[[ScriptConn], None]:
                     done()
                 else:
                     del boxes[arg]
+                    if sel == arg:  # nothing is selected any more
+                        sel = None
                     done()
             elif cmd == "APPEND" and (m := re.fullmatch(r"(\S+)(?: \([^()]*\))? \{(\d+)\}", arg)):
                 conn.sendline("+ go")
