@@ -16,6 +16,7 @@ from pathlib import Path
 import click
 
 from ._yaml import LoadError
+from .durations import Duration
 from .fuzz import PROTOCOLS, write_finding
 from .fuzz.dialogue import Login, LoginFailed
 from .fuzz.engine import SecondTarget
@@ -75,9 +76,9 @@ __all__ = ["fuzz"]
 @click.option("--max-examples", type=click.IntRange(1), default=200, show_default=True)
 @click.option(
     "--time-budget",
-    type=click.FloatRange(min=0, min_open=True),
+    type=Duration(),
     default=None,
-    help="Seconds after which no new dialogue starts (shrinking still finishes).",
+    help="After this long (90, 60s, 5m) no new dialogue starts (shrinking still finishes).",
 )
 @click.option("--seed", "seed_value", type=int, default=None, help="Seed (default: random).")
 @click.option(
