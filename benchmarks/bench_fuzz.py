@@ -1,7 +1,7 @@
 """Fuzz dialogues per second: the reference server over sockets vs in memory.
 
     .venv/bin/python benchmarks/bench_fuzz.py [--dialogues 300] [--rounds 3]
-        [--protocols smtp,pop3,imap] [--json PATH]
+        [--protocols smtp,pop3,imap] [--disk] [--json PATH]
 
 The same fixed list of 10-command dialogues (drawn once by the fuzzer's own
 strategies with a fixed seed; commands that end a dialogue early, QUIT, LOGOUT,
@@ -14,6 +14,11 @@ model as in ``mailharness fuzz``, once per round against each peer:
   connection per dialogue;
 - ``memory``: the same server code in this process through
   :class:`conformance.fuzz.memory.MemoryConnector` (sessions as after TLS).
+
+Each protocol gets fresh servers (what the SMTP dialogues delivered would slow the
+POP3 ones otherwise), with their data on ``/dev/shm`` (tmpfs) when the machine has
+it, as ``mailharness fuzz --in-memory`` keeps it; ``--disk`` puts it in the
+temporary directory instead, where each fsync costs about a millisecond here.
 
 POP3 and IMAP dialogues start with the login prefix (USER/PASS, LOGIN), which is
 counted in the time but not in the 10 commands. The figure is dialogues per
@@ -44,7 +49,7 @@ from procs import free_port, reference_server, wait_for_greeting
 
 from conformance.fuzz import PROTOCOLS
 from conformance.fuzz.dialogue import Finding, Login, ProtocolFuzz, Send
-from conformance.fuzz.memory import MemoryConnector, dev_memory_target
+from conformance.fuzz.memory import MemoryConnector, dev_memory_target, scratch_base
 from conformance.fuzz.oracle import Connector, SocketConnector, run_dialogue
 from conformance.targets import Account, Service, Target, TlsMode
 from reference_server.devsetup import dev_config
@@ -120,12 +125,63 @@ def socket_setup(work: Path) -> tuple[Path, Target, dict[str, int]]:
     return path, target, ports
 
 
+def bench_protocol(name: str, work: Path, args: argparse.Namespace) -> dict[str, Any]:
+    """Socket and memory rates for one protocol, each against a server of its own."""
+    config_file, sock_target, ports = socket_setup(work / "socket")
+    mem_config, mem_target = dev_memory_target(work / "memory")
+
+    def wait(alive: Any) -> None:
+        for svc, port in ports.items():
+            goodbye = _GOODBYES[svc]
+            wait_for_greeting(
+                port, 20, alive, prefix=_GREETINGS[svc], goodbye=goodbye, protocol=svc
+            )
+
+    proto = PROTOCOLS[name]
+    svc = proto.default_service
+    with reference_server(config_file, work / "server.log", wait):
+        dialogues = draw_dialogues(proto, sock_target, args.dialogues)
+        mem_dialogues = draw_dialogues(proto, mem_target, args.dialogues)
+        logins: dict[str, Login | None] = {"socket": None, "memory": None}
+        if name != "smtp":
+            logins = {
+                "socket": Login(account=sock_target.accounts["alice"], starttls=False),
+                "memory": Login(account=mem_target.accounts["alice"], starttls=False),
+            }
+        rates: dict[str, list[float]] = {"socket": [], "memory": []}
+        found = {"socket": 0, "memory": 0}
+        with MemoryConnector(mem_config, svc) as memory:
+            peers: dict[str, tuple[Connector, list[list[Send]]]] = {
+                "socket": (SocketConnector(sock_target.services[svc]), dialogues),
+                "memory": (memory, mem_dialogues),
+            }
+            for rnd in range(args.rounds + 1):
+                for peer, (where, dlg) in peers.items():
+                    rate, findings = play(proto, where, dlg, logins[peer])
+                    if rnd:  # round 0 warms up
+                        rates[peer].append(rate)
+                        found[peer] += findings
+    med = {peer: statistics.median(r) for peer, r in rates.items()}
+    return {
+        "socket_per_s": round(med["socket"]),
+        "memory_per_s": round(med["memory"]),
+        "memory_over_socket": round(med["memory"] / med["socket"], 2),
+        "rounds": rates,
+        "findings": found,
+    }
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--dialogues", type=int, default=300)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--protocols", default="smtp,pop3,imap")
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument(
+        "--disk",
+        action="store_true",
+        help="keep the servers' data in the temporary directory, not on /dev/shm",
+    )
     args = parser.parse_args()
     protocols = [p.strip() for p in args.protocols.split(",") if p.strip()]
     results: dict[str, Any] = {
@@ -134,52 +190,16 @@ def main() -> int:
         "rounds": args.rounds,
         "protocols": {},
     }
-    with tempfile.TemporaryDirectory(prefix="mh-bench-fuzz-") as tmp:
-        work = Path(tmp)
-        config_file, sock_target, ports = socket_setup(work / "socket")
-        mem_config, mem_target = dev_memory_target(work / "memory")
-
-        def wait(alive: Any) -> None:
-            for name, port in ports.items():
-                goodbye = _GOODBYES[name]
-                wait_for_greeting(
-                    port, 20, alive, prefix=_GREETINGS[name], goodbye=goodbye, protocol=name
-                )
-
-        with reference_server(config_file, work / "server.log", wait):
-            for name in protocols:
-                proto = PROTOCOLS[name]
-                svc = proto.default_service
-                dialogues = draw_dialogues(proto, sock_target, args.dialogues)
-                mem_dialogues = draw_dialogues(proto, mem_target, args.dialogues)
-                logins: dict[str, Login | None] = {"socket": None, "memory": None}
-                if name != "smtp":
-                    logins = {
-                        "socket": Login(account=sock_target.accounts["alice"], starttls=False),
-                        "memory": Login(account=mem_target.accounts["alice"], starttls=False),
-                    }
-                rates: dict[str, list[float]] = {"socket": [], "memory": []}
-                found = {"socket": 0, "memory": 0}
-                with MemoryConnector(mem_config, svc) as memory:
-                    peers: dict[str, tuple[Connector, list[list[Send]]]] = {
-                        "socket": (SocketConnector(sock_target.services[svc]), dialogues),
-                        "memory": (memory, mem_dialogues),
-                    }
-                    for rnd in range(args.rounds + 1):
-                        for peer, (where, dlg) in peers.items():
-                            rate, findings = play(proto, where, dlg, logins[peer])
-                            if rnd:  # round 0 warms up
-                                rates[peer].append(rate)
-                                found[peer] += findings
-                med = {peer: statistics.median(r) for peer, r in rates.items()}
-                results["protocols"][name] = {
-                    "socket_per_s": round(med["socket"]),
-                    "memory_per_s": round(med["memory"]),
-                    "memory_over_socket": round(med["memory"] / med["socket"], 2),
-                    "rounds": rates,
-                    "findings": found,
-                }
-    print(f"{args.dialogues} dialogues of {COMMANDS} commands, median of {args.rounds} rounds")
+    base = None if args.disk else scratch_base()
+    results["data_on"] = base or tempfile.gettempdir()
+    for name in protocols:
+        # each protocol on fresh servers: what one protocol stored does not slow the next
+        with tempfile.TemporaryDirectory(prefix="mh-bench-fuzz-", dir=base) as tmp:
+            results["protocols"][name] = bench_protocol(name, Path(tmp), args)
+    print(
+        f"{args.dialogues} dialogues of {COMMANDS} commands, median of {args.rounds} rounds, "
+        f"server data on {results['data_on']}"
+    )
     print(f"{'protocol':<9}{'socket/s':>10}{'memory/s':>10}{'memory/socket':>15}  findings")
     for name, r in results["protocols"].items():
         print(

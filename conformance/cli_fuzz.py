@@ -21,7 +21,7 @@ from .fuzz import PROTOCOLS, write_finding
 from .fuzz.dialogue import Login, LoginFailed
 from .fuzz.engine import SecondTarget
 from .fuzz.engine import fuzz as run_fuzz
-from .fuzz.memory import MemoryConnector, dev_memory_target
+from .fuzz.memory import MemoryConnector, dev_memory_target, scratch_base
 from .fuzz.oracle import Connector, DialogueStats, SocketConnector
 from .fuzz.retrieve import RetrieveCheck, RetrieveFailed, retrieve_check_for
 from .targets import Service, Target, load_target
@@ -132,7 +132,11 @@ def fuzz(
         raise click.UsageError("--login and --no-login exclude each other")
     with contextlib.ExitStack() as stack:
         if in_memory:
-            tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="mh-fuzz-")))
+            tmp = Path(
+                stack.enter_context(
+                    tempfile.TemporaryDirectory(prefix="mh-fuzz-", dir=scratch_base())
+                )
+            )
             config, target = dev_memory_target(tmp)
         else:
             assert target_file is not None
