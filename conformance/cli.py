@@ -22,6 +22,7 @@ from pathlib import Path
 import click
 
 from conformance.cli_fuzz import fuzz
+from conformance.cli_load import load
 from conformance.cli_queue import queue
 from conformance.cli_replay import pcap2yaml, replay
 from conformance.cli_report import report, requirements
@@ -576,6 +577,7 @@ main.add_command(queue)
 main.add_command(report)
 main.add_command(requirements)
 main.add_command(fuzz)
+main.add_command(load)
 main.add_command(pcap2yaml)
 main.add_command(replay)
 

@@ -1,0 +1,129 @@
+"""``--events per-message`` (one ``SMTP message`` request per transaction) and the SMTP
+driver's reading of replies it has seen before, against smtp-sink and a scripted server."""
+
+from __future__ import annotations
+
+import socket
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from loadsupport import run_locust, sink_target, smtp_sink, smtp_sink_available
+
+from loadtest.drivers import Endpoint, ListRecorder, SmtpDriver, SmtpReplyError
+
+needs_sink = pytest.mark.skipif(not smtp_sink_available(), reason="smtp-sink not installed")
+
+MESSAGE = b"From: <a@sink.test>\r\nTo: <b@sink.test>\r\nSubject: t\r\n\r\n.dot\r\nbare\nlf\r\n"
+
+
+@pytest.fixture
+def sink(tmp_path: Path) -> Iterator[tuple[str, int]]:
+    if not smtp_sink_available():
+        pytest.skip("smtp-sink not installed")
+    with smtp_sink(tmp_path) as where:
+        yield where
+
+
+def test_driver_reports_one_message_step_per_transaction(sink):
+    host, port = sink
+    rec = ListRecorder()
+    smtp = SmtpDriver(Endpoint(host, port), recorder=rec, per_message=True)
+    smtp.start()
+    for _ in range(3):
+        assert smtp.send_message("a@sink.test", ["b@sink.test", "c@sink.test"], MESSAGE).code == 250
+    smtp.quit()
+    assert rec.names() == ["SMTP connect", "SMTP EHLO", *["SMTP message"] * 3, "SMTP QUIT"]
+    assert all(r.exception is None for r in rec.results)
+    # the message step's size is the DATA payload: dot-stuffed, CRLF, with the final dot
+    assert rec.results[2].response_length == len(MESSAGE) + 1 + 1 + 3
+
+
+def test_driver_per_step_is_unchanged(sink):
+    host, port = sink
+    rec = ListRecorder()
+    smtp = SmtpDriver(Endpoint(host, port), recorder=rec, pipelining=False)
+    smtp.start()
+    smtp.send_message("a@sink.test", ["b@sink.test"], MESSAGE)
+    smtp.quit()
+    assert rec.names()[2:] == ["SMTP MAIL", "SMTP RCPT", "SMTP DATA", "SMTP QUIT"]
+
+
+def scripted_server(replies: list[bytes]) -> tuple[int, threading.Thread]:
+    """Answers each command (and each message, at its final dot) with the next reply."""
+    srv = socket.create_server(("127.0.0.1", 0))
+    port = srv.getsockname()[1]
+
+    def serve() -> None:
+        conn, _ = srv.accept()
+        with conn, srv:
+            conn.settimeout(5)
+            conn.sendall(b"220 scripted\r\n")
+            lines = conn.makefile("rb")
+            in_data = False
+            for reply in replies:
+                while True:
+                    line = lines.readline()
+                    if not line:
+                        return
+                    if not in_data or line == b".\r\n":
+                        break
+                in_data = reply.startswith(b"354")
+                conn.sendall(reply)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    return port, thread
+
+
+def test_seen_replies_and_reader_agree_on_failures():
+    # "250 2.1.0 Ok" is read twice (the second time from the replies seen); then a
+    # multiline 550 to RCPT fails the message step with the reader's reply, unchanged
+    port, thread = scripted_server(
+        [
+            b"250-scripted\r\n250 PIPELINING\r\n",  # EHLO
+            b"250 2.1.0 Ok\r\n",  # MAIL
+            b"250 2.1.5 Ok\r\n",  # RCPT
+            b"354 go\r\n",  # DATA
+            b"250 2.0.0 Ok\r\n",  # the message
+            b"250 2.1.0 Ok\r\n",  # MAIL
+            b"550-5.1.1 no such user\r\n550 5.1.1 really\r\n",  # RCPT
+        ]
+    )
+    rec = ListRecorder()
+    smtp = SmtpDriver(Endpoint("127.0.0.1", port), recorder=rec, per_message=True, pipelining=False)
+    smtp.start()
+    assert smtp.send_message("a@x.test", ["b@x.test"], MESSAGE).lines == ("2.0.0 Ok",)
+    with pytest.raises(SmtpReplyError) as err:
+        smtp.send_message("a@x.test", ["nobody@x.test"], MESSAGE)
+    assert err.value.code == "550" and err.value.step == "RCPT"
+    assert err.value.reply.lines == ("5.1.1 no such user", "5.1.1 really")
+    assert not smtp.is_connected
+    assert rec.names()[-1] == "SMTP message" and rec.results[-1].exception is err.value
+    thread.join(5)
+
+
+@needs_sink
+def test_mx_profile_per_message_events(tmp_path: Path):
+    with smtp_sink(tmp_path) as (host, port):
+        target = sink_target(tmp_path / "sink.yaml", host, port)
+        run = run_locust(
+            tmp_path,
+            target,
+            "mx",
+            users=3,
+            run_time="2s",
+            extra=[
+                "--message-size",
+                "1KB",
+                "--messages-per-connection",
+                "50",
+                "--events",
+                "per-message",
+            ],
+        )
+    assert run.returncode == 0, run.explain()
+    assert run.count("SMTP", "message") > 50, run.explain()
+    assert not {"SMTP MAIL", "SMTP RCPT", "SMTP DATA"} & run.names(), run.names()
+    assert run.failure_count() == 0, run.explain()
