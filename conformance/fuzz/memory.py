@@ -50,15 +50,19 @@ def _pump(loop: asyncio.AbstractEventLoop, done: Callable[[], bool], timeout: fl
     run_once = getattr(loop, "_run_once", None)
     if run_once is None or loop.is_running():
         return False
+    ready = getattr(loop, "_ready", None)  # the loop's queue of callbacks due now
     end = loop.time() + timeout
-    alarm = loop.call_at(end, _nothing)  # wakes a selector that would block past the end
+    alarm: asyncio.TimerHandle | None = None
     asyncio.events._set_running_loop(loop)
     try:
         while not done() and loop.time() < end:
+            if alarm is None and not ready:  # the next iteration may block: not past the end
+                alarm = loop.call_at(end, _nothing)
             run_once()
     finally:
         asyncio.events._set_running_loop(None)
-        alarm.cancel()
+        if alarm is not None:
+            alarm.cancel()
     return True
 
 

@@ -192,7 +192,9 @@ class SmtpSession:
                 reply = Reply.build(event.code, event.enhanced, event.text)
             elif isinstance(event, Command):
                 # RFC 5321 §4.1.1: white space before the CRLF is tolerated, not an argument
-                event = dataclasses.replace(event, arg=event.arg.rstrip(" \t"))
+                arg = event.arg.rstrip(" \t")
+                if arg != event.arg:
+                    event = dataclasses.replace(event, arg=arg)
                 self.commands_seen += 1
                 verb = event.verb
                 if faults.drop(verb):
