@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import functools
 import json
 import sys
 import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -117,9 +119,32 @@ def conversion_options(func: Callable[..., None]) -> Callable[..., None]:
             "before the capture); they are converted up to the first gap, with a warning.",
         ),
     ]
+
+    @functools.wraps(func)
+    def packed(**kwargs: Any) -> None:
+        conversion = {name: kwargs.pop(name) for name in _CONVERSION_PARAMS}
+        func(conversion=conversion, **kwargs)
+
     for option in reversed(options):
-        func = option(func)
-    return func
+        packed = option(packed)
+    return packed
+
+
+# the parameters of conversion_options, handed to the command as one dict
+_CONVERSION_PARAMS = (
+    "match",
+    "rewrites",
+    "account",
+    "services",
+    "keep_timing",
+    "pause",
+    "include_incomplete",
+)
+
+
+def _convert(capture: Path, target: Target | None, conversion: dict[str, Any]) -> list[Converted]:
+    """The capture's sessions as scenarios, with the options the command was given."""
+    return convert_streams(_read(capture), capture, _options(target=target, **conversion))
 
 
 def _read(capture: Path) -> list[TcpStream]:
@@ -202,13 +227,7 @@ def pcap2yaml(
     capture: Path,
     out_dir: Path,
     target_file: Path | None,
-    match: str,
-    rewrites: tuple[str, ...],
-    account: str | None,
-    services: tuple[str, ...],
-    keep_timing: bool,
-    pause: float,
-    include_incomplete: bool,
+    conversion: dict[str, Any],
 ) -> None:
     """Turn each SMTP, POP3 and IMAP session of a capture (pcap, pcapng) into a scenario.
 
@@ -216,17 +235,7 @@ def pcap2yaml(
     account. See docs/replay.md.
     """
     target = _load_target(target_file) if target_file is not None else None
-    options = _options(
-        match=match,
-        rewrites=rewrites,
-        account=account,
-        services=services,
-        keep_timing=keep_timing,
-        pause=pause,
-        include_incomplete=include_incomplete,
-        target=target,
-    )
-    converted = convert_streams(_read(capture), capture, options)
+    converted = _convert(capture, target, conversion)
     paths = write_converted(converted, out_dir)
     _announce(converted, {p.stem: p for p in paths})
     if not paths:
@@ -276,13 +285,7 @@ def _load_target(path: Path, *, ca_file: Path | None = None, insecure: bool = Fa
 def replay(
     capture: Path,
     target_file: Path,
-    match: str,
-    rewrites: tuple[str, ...],
-    account: str | None,
-    services: tuple[str, ...],
-    keep_timing: bool,
-    pause: float,
-    include_incomplete: bool,
+    conversion: dict[str, Any],
     junit: Path | None,
     json_file: Path | None,
     timeout: float | None,
@@ -296,17 +299,7 @@ def replay(
     another in the order they began. Exit 1 if any exchange differs.
     """
     target = _load_target(target_file, ca_file=ca_file, insecure=insecure)
-    options = _options(
-        match=match,
-        rewrites=rewrites,
-        account=account,
-        services=services,
-        keep_timing=keep_timing,
-        pause=pause,
-        include_incomplete=include_incomplete,
-        target=target,
-    )
-    converted = convert_streams(_read(capture), capture, options)
+    converted = _convert(capture, target, conversion)
     _announce(converted)
     chosen = [c for c in converted if c.document is not None]
     if not chosen:
@@ -346,7 +339,7 @@ def replay(
                 click.echo("    " + entry.render())
     run_result = RunResult(
         results=[r.result for r in reports],
-        target={"source": str(target_file), "capture": str(capture), "match": match},
+        target={"source": str(target_file), "capture": str(capture), "match": conversion["match"]},
         started_at=started_at,
         duration=time.monotonic() - t0,
         argv=sys.argv[1:],
