@@ -6,30 +6,17 @@ except under CI, where a missing browser is a failure.
 
 from __future__ import annotations
 
-import os
-import shutil
 import subprocess
 import textwrap
 from pathlib import Path
 
 import pytest
+from browser_support import CHROMIUM, CHROMIUM_FLAGS, unavailable
 from click.testing import CliRunner
 
 from conformance.cli import main
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-# the flags a closed network needs: no background fetches, no QUIC, a fresh profile
-FLAGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--window-size=1280,2400",
-]
+FLAGS = ["--headless", *CHROMIUM_FLAGS, "--window-size=1280,2400"]
 
 pytestmark = pytest.mark.slow
 
@@ -37,9 +24,7 @@ pytestmark = pytest.mark.slow
 @pytest.fixture
 def chromium() -> str:
     if CHROMIUM is None:
-        if os.environ.get("CI"):
-            pytest.fail("chromium is not installed (.ci/run installs Debian's chromium)")
-        pytest.skip("chromium is not installed")
+        unavailable("chromium is not installed")
     return CHROMIUM
 
 

@@ -9,49 +9,31 @@ run keeps them.
 
 from __future__ import annotations
 
-import os
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from browser_support import CHROMIUM, CHROMIUM_FLAGS, unavailable
 from webhelpers import deliver, imap_flags
 
 ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = ROOT / "test-artifacts" / "web"
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-# the flags a closed network needs: no background fetches, no QUIC, a fresh profile
-FLAGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 TIMEOUT_MS = 15_000
 
 pytestmark = pytest.mark.slow
 
 
-def _unavailable(reason: str) -> None:
-    if os.environ.get("CI"):
-        pytest.fail(f"{reason} (.ci/run installs Debian's chromium and the test extras)")
-    pytest.skip(reason)
-
-
 @pytest.fixture
 def browser() -> Iterator[Any]:
     if CHROMIUM is None:
-        _unavailable("chromium is not installed")
+        unavailable("chromium is not installed")
     try:
         from playwright.sync_api import sync_playwright
     except ImportError:
-        _unavailable("playwright is not installed")
+        unavailable("playwright is not installed")
     with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=FLAGS, headless=True)
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS, headless=True)
         try:
             yield browser
         finally:
