@@ -1,7 +1,7 @@
 """Fuzz dialogues per second: the reference server over sockets vs in memory.
 
     .venv/bin/python benchmarks/bench_fuzz.py [--dialogues 300] [--rounds 3]
-        [--protocols smtp,pop3,imap] [--disk] [--json PATH]
+        [--protocols smtp,pop3,imap] [--jobs 2] [--disk] [--json PATH]
 
 The same fixed list of 10-command dialogues (drawn once by the fuzzer's own
 strategies with a fixed seed; commands that end a dialogue early, QUIT, LOGOUT,
@@ -14,6 +14,10 @@ model as in ``mailharness fuzz``, once per round against each peer:
   connection per dialogue;
 - ``memory``: the same server code in this process through
   :class:`conformance.fuzz.memory.MemoryConnector` (sessions as after TLS).
+
+With ``--jobs N``, the memory figure is also taken with N in-memory servers side by
+side in N processes (as ``mailharness fuzz --in-memory --jobs N`` runs), each playing
+the same dialogues; a round is timed by the slowest.
 
 Each protocol gets fresh servers (what the SMTP dialogues delivered would slow the
 POP3 ones otherwise), with their data on ``/dev/shm`` (tmpfs) when the machine has
@@ -32,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import statistics
 import sys
 import tempfile
@@ -171,12 +176,65 @@ def bench_protocol(name: str, work: Path, args: argparse.Namespace) -> dict[str,
     }
 
 
+def _memory_job(
+    name: str,
+    dialogues: list[list[Send]],
+    rounds: int,
+    base: str | None,
+    barrier: Any,
+    out: Any,
+) -> None:
+    """One of ``--jobs`` processes: its own in-memory server, the same dialogues."""
+    proto = PROTOCOLS[name]
+    with tempfile.TemporaryDirectory(prefix="mh-bench-fuzz-job-", dir=base) as tmp:
+        config, target = dev_memory_target(Path(tmp))
+        login = None
+        if name != "smtp":
+            login = Login(account=target.accounts["alice"], starttls=False)
+        with MemoryConnector(config, proto.default_service) as memory:
+            play(proto, memory, dialogues, login)  # warm-up
+            for _ in range(rounds):
+                barrier.wait()
+                started = time.perf_counter()
+                _, findings = play(proto, memory, dialogues, login)
+                out.put((time.perf_counter() - started, findings))
+
+
+def parallel_memory(
+    name: str, dialogues: list[list[Send]], jobs: int, rounds: int, base: str | None
+) -> dict[str, Any]:
+    """Dialogues per second of ``jobs`` in-memory servers side by side (as ``mailharness
+    fuzz --in-memory --jobs N`` runs them): all play the dialogues at once, each round
+    timed by the slowest."""
+    ctx = multiprocessing.get_context("spawn")
+    barrier, out = ctx.Barrier(jobs), ctx.Queue()
+    procs = [
+        ctx.Process(target=_memory_job, args=(name, dialogues, rounds, base, barrier, out))
+        for _ in range(jobs)
+    ]
+    for proc in procs:
+        proc.start()
+    results = [out.get(timeout=600) for _ in range(jobs * rounds)]
+    for proc in procs:
+        proc.join(60)
+    per_round = [max(t for t, _ in results[i * jobs : (i + 1) * jobs]) for i in range(rounds)]
+    rates = [jobs * len(dialogues) / t for t in per_round]
+    return {"jobs": jobs, "per_s": round(statistics.median(rates)), "rounds": rates,
+            "findings": sum(f for _, f in results)}  # fmt: skip
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--dialogues", type=int, default=300)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--protocols", default="smtp,pop3,imap")
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        help="also time this many in-memory servers side by side (mailharness fuzz --jobs)",
+    )
     parser.add_argument(
         "--disk",
         action="store_true",
@@ -196,6 +254,12 @@ def main() -> int:
         # each protocol on fresh servers: what one protocol stored does not slow the next
         with tempfile.TemporaryDirectory(prefix="mh-bench-fuzz-", dir=base) as tmp:
             results["protocols"][name] = bench_protocol(name, Path(tmp), args)
+            if args.jobs > 1:
+                _, target = dev_memory_target(Path(tmp) / "draw")
+                drawn = draw_dialogues(PROTOCOLS[name], target, args.dialogues)
+                results["protocols"][name]["memory_jobs"] = parallel_memory(
+                    name, drawn, args.jobs, args.rounds, base
+                )
     print(
         f"{args.dialogues} dialogues of {COMMANDS} commands, median of {args.rounds} rounds, "
         f"server data on {results['data_on']}"
@@ -207,6 +271,9 @@ def main() -> int:
             f"{r['memory_over_socket']:>14.2f}x  "
             f"{r['findings']['socket']}/{r['findings']['memory']}"
         )
+        if "memory_jobs" in r:
+            j = r["memory_jobs"]
+            print(f"{'':<9}{'':>10}{j['per_s']:>10}  memory, {j['jobs']} jobs side by side")
     if args.json is not None:
         args.json.write_text(json.dumps(results, indent=2))
     return 0

@@ -7,11 +7,14 @@ Exit codes: 0 nothing found, 1 findings written, 2 usage or input error,
 from __future__ import annotations
 
 import contextlib
+import json
 import random
+import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -109,6 +112,15 @@ __all__ = ["fuzz"]
     show_default=True,
     help="Directory the finding scenarios are written to.",
 )
+@click.option(
+    "--jobs",
+    type=click.IntRange(1, 64),
+    default=1,
+    show_default=True,
+    help="With --in-memory: run this many fuzzers side by side, each with its own "
+    "in-memory server and the seeds S, S+1, ...; --max-examples is shared out.",
+)
+@click.option("--summary-json", type=click.Path(dir_okay=False, path_type=Path), hidden=True)
 def fuzz(
     protocol: str,
     target_file: Path | None,
@@ -124,12 +136,29 @@ def fuzz(
     no_retrieve_check: bool,
     retrieve_within: float,
     out_dir: Path,
+    jobs: int,
+    summary_json: Path | None,
 ) -> None:
     """Fuzz a server's command parser; save each shrunk finding as a scenario."""
     if in_memory == (target_file is not None):
         raise click.UsageError("give exactly one of --target FILE and --in-memory")
     if login_name is not None and no_login:
         raise click.UsageError("--login and --no-login exclude each other")
+    if jobs > 1:
+        if not in_memory or second_file is not None:
+            raise click.UsageError(
+                "--jobs needs --in-memory (each job fuzzes a server of its own) and no "
+                "--differential"
+            )
+        args = [f"--protocol={protocol}", "--in-memory", f"--deadline={deadline}"]
+        args += [f"--out={out_dir}", f"--retrieve-within={retrieve_within}"]
+        args += [f"--service={service}"] if service else []
+        args += [f"--login={login_name}"] if login_name else []
+        args += ["--no-login"] if no_login else []
+        args += ["--no-retrieve-check"] if no_retrieve_check else []
+        args += [f"--time-budget={time_budget}"] if time_budget is not None else []
+        run_jobs(protocol, args, jobs, max_examples, seed_value)
+        return
     with contextlib.ExitStack() as stack:
         if in_memory:
             tmp = Path(
@@ -190,6 +219,7 @@ def fuzz(
             memory=in_memory,
             retrieve=retrieve,
             retrieve_note=retrieve_note,
+            summary_json=summary_json,
         )
 
 
@@ -254,6 +284,7 @@ def _run(
     memory: bool,
     retrieve: RetrieveCheck | None = None,
     retrieve_note: str = "",
+    summary_json: Path | None = None,
 ) -> None:
     proto = PROTOCOLS[protocol]
     if seed_value is None:
@@ -320,4 +351,67 @@ def _run(
         click.echo(f"FINDING {finding.kind}: {finding.message}")
         click.echo(f"  {'written' if new else 'already known'}: {path}")
     click.echo(f"{len(report.findings)} finding(s), {written} new scenario file(s)")
+    if summary_json is not None:
+        summary = {
+            "seed": seed_value,
+            "dialogues": stats.dialogues,
+            "steps": stats.steps,
+            "elapsed": report.elapsed,
+            "verbs": stats.verbs,
+            "states": sorted(stats.states),
+            "findings": len(report.findings),
+            "written": written,
+            "retrieved": retrieve.checks if retrieve is not None else None,
+            "out_of_time": report.out_of_time,
+        }
+        summary_json.write_text(json.dumps(summary))
     sys.exit(1 if report.findings else 0)
+
+
+def run_jobs(protocol: str, args: list[str], jobs: int, examples: int, seed: int | None) -> None:
+    """``jobs`` fuzzers side by side (processes, each its own in-memory server and seed),
+    their findings into the same --out (file names are hashes of the shrunk dialogue,
+    so one found twice is written once); exits as one run would."""
+    if seed is None:
+        seed = random.SystemRandom().randrange(2**32 - jobs)
+    share = -(-examples // jobs)
+    click.echo(f"fuzz {protocol}: {jobs} jobs in memory, seeds {seed}..{seed + jobs - 1}")
+    click.echo(f"(repeat with --jobs {jobs} --seed {seed} --max-examples {examples})")
+    with tempfile.TemporaryDirectory(prefix="mh-fuzz-jobs-") as tmp:
+        procs = []
+        for i in range(jobs):
+            summary, log = Path(tmp) / f"job{i}.json", Path(tmp) / f"job{i}.log"
+            cmd = [sys.executable, "-m", "conformance", "fuzz", *args]
+            cmd += [f"--seed={seed + i}", f"--max-examples={share}", f"--summary-json={summary}"]
+            with log.open("wb") as out:
+                procs.append((subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT), i))
+        started = time.monotonic()
+        codes = {i: proc.wait() for proc, i in procs}
+        elapsed = time.monotonic() - started
+        totals: dict[str, Any] = {"dialogues": 0, "steps": 0, "findings": 0, "written": 0}
+        verbs: dict[str, int] = {}
+        states: set[str] = set()
+        for i in range(jobs):
+            log_text = (Path(tmp) / f"job{i}.log").read_text(errors="replace")
+            for line in log_text.splitlines():
+                if line.startswith(("FINDING", "  written", "  already known")):
+                    click.echo(f"[job {i}] {line}")
+            summary_path = Path(tmp) / f"job{i}.json"
+            if not summary_path.exists():  # it stopped before its summary: show why
+                click.echo(f"[job {i}] exited with {codes[i]}:\n{log_text[-2000:]}", err=True)
+                continue
+            one = json.loads(summary_path.read_text())
+            for key in totals:
+                totals[key] += one[key]
+            for verb, n in one["verbs"].items():
+                verbs[verb] = verbs.get(verb, 0) + n
+            states.update(one["states"])
+    rate = totals["dialogues"] / elapsed if elapsed else 0.0
+    click.echo(
+        f"{totals['dialogues']} dialogues ({totals['steps']} commands) in {elapsed:.1f}s, "
+        f"{rate:.0f}/s over {jobs} jobs"
+    )
+    click.echo("verbs: " + ", ".join(f"{v} {n}" for v, n in sorted(verbs.items())))
+    click.echo("model states reached: " + ", ".join(sorted(states)))
+    click.echo(f"{totals['findings']} finding(s), {totals['written']} new scenario file(s)")
+    sys.exit(max(codes.values()))

@@ -168,3 +168,22 @@ def test_memory_channel_answers_times_out_and_sees_the_close(tmp_path: Path) -> 
         assert chan.recv(5.0).startswith(b"221")
         assert chan.recv(5.0) == b""
         chan.close()
+
+
+def test_cli_jobs_side_by_side_in_memory(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    code, output = run_cli(
+        "fuzz", "--protocol", "pop3", "--in-memory", "--jobs", "2", "--max-examples", "20",
+        "--seed", "3", "--out", str(out),
+    )  # fmt: skip
+    assert code == 0, output
+    assert "2 jobs in memory, seeds 3..4" in output, output
+    assert "--jobs 2 --seed 3 --max-examples 20" in output
+    assert re.search(
+        r"^\d+ dialogues \(\d+ commands\) in [\d.]+s, \d+/s over 2 jobs$", output, re.M
+    )
+    assert "TRANSACTION" in output and "0 finding(s)" in output
+    tfile = tmp_path / "t.yaml"
+    tfile.write_text(yaml.safe_dump({"host": "127.0.0.1", "services": {"mx": {"port": 1}}}))
+    code, output = run_cli("fuzz", "--protocol", "smtp", "--target", str(tfile), "--jobs", "2")
+    assert code == 2 and "--jobs needs --in-memory" in output
