@@ -39,7 +39,7 @@ from __future__ import annotations
 import argparse
 import logging
 import random
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -357,6 +357,16 @@ class SmtpUser(MailUser):
     def on_stop(self) -> None:
         self.client.close()
 
+    def messages(
+        self, account: Account | None, sender: str
+    ) -> Iterator[tuple[str, list[str], bytes]]:
+        """The visit's ``--messages-per-connection`` messages, made one at a time as the
+        driver asks (it pipelines each one's commands with the message before)."""
+        ctx = self.ctx
+        for _ in range(ctx.settings.messages_per_connection):
+            recipients = ctx.recipients(account)
+            yield sender, recipients, ctx.factory.make(sender, recipients).data
+
     def sender(self) -> tuple[Account | None, str]:
         """The account to log in as (``None``: no AUTH) and the envelope sender."""
         account = self.ctx.accounts.next()
@@ -373,10 +383,7 @@ class SmtpUser(MailUser):
                 )
             else:
                 self.client.start()
-            for _ in range(s.messages_per_connection):
-                recipients = self.ctx.recipients(account)
-                message = self.ctx.factory.make(sender, recipients)
-                self.client.send_message(sender, recipients, message.data)
+            self.client.send_messages(self.messages(account, sender))
             self.client.quit()
         except DriverError:
             self.client.close()  # counted as a failed request already

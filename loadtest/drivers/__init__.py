@@ -5,7 +5,8 @@ One driver per protocol, each a thin loop around the reader of
 fuzzer and the pcap replayer use), so a reply is parsed one way everywhere:
 
 * :class:`SmtpDriver` (:mod:`.smtp`): connect, EHLO, STARTTLS, AUTH PLAIN/LOGIN,
-  ``send_message`` (MAIL, RCPT..., DATA; pipelined when offered), RSET, QUIT;
+  ``send_message`` (MAIL, RCPT..., DATA; pipelined when offered), ``send_messages``
+  (back to back, pipelined across transactions when offered), RSET, QUIT;
 * :class:`Pop3Driver` (:mod:`.pop3`): connect, CAPA, STLS, USER/PASS, AUTH
   PLAIN, STAT, LIST, UIDL, RETR, TOP, DELE, QUIT;
 * :class:`ImapDriver` (:mod:`.imap`): connect, CAPABILITY, STARTTLS, LOGIN,
@@ -47,6 +48,7 @@ from ._base import (
     StepMeta,
     StepRecorder,
     StepResult,
+    TimedRecorder,
     TlsError,
 )
 from .imap import FetchedMessage, ImapDriver, ImapReplyError, MailboxInfo
@@ -76,5 +78,6 @@ __all__ = [
     "StepMeta",
     "StepRecorder",
     "StepResult",
+    "TimedRecorder",
     "TlsError",
 ]

@@ -57,6 +57,7 @@ __all__ = [
     "StepMeta",
     "StepRecorder",
     "StepResult",
+    "TimedRecorder",
     "TlsError",
 ]
 
@@ -243,12 +244,44 @@ class StepRecorder(Protocol):
     def step(self, protocol: str, name: str) -> contextlib.AbstractContextManager[StepMeta]: ...
 
 
+class TimedRecorder(StepRecorder, Protocol):
+    """A :class:`StepRecorder` that also takes steps the driver timed itself.
+
+    ``record()`` reports one finished step at once. The SMTP driver uses it for
+    transactions pipelined into each other
+    (:meth:`~loadtest.drivers.SmtpDriver.send_messages`), whose times overlap
+    so that no context manager could time them. A recorder without it still
+    works; it just gets no cross-transaction pipelining.
+    """
+
+    def record(
+        self,
+        protocol: str,
+        name: str,
+        start_time: float,
+        response_time: float,
+        response_length: int,
+        exception: Exception | None,
+    ) -> None: ...
+
+
 class NullRecorder:
     """Records nothing (setup traffic that is not part of the measured load)."""
 
     @contextlib.contextmanager
     def step(self, protocol: str, name: str) -> Iterator[StepMeta]:
         yield StepMeta(protocol, name)
+
+    def record(
+        self,
+        protocol: str,
+        name: str,
+        start_time: float,
+        response_time: float,
+        response_length: int,
+        exception: Exception | None,
+    ) -> None:
+        pass
 
 
 class CallbackRecorder:
@@ -277,6 +310,20 @@ class CallbackRecorder:
             raise
         elapsed = (time.perf_counter() - start) * 1000.0
         self.callback(StepResult(protocol, name, start_time, elapsed, meta.response_length))
+
+    def record(
+        self,
+        protocol: str,
+        name: str,
+        start_time: float,
+        response_time: float,
+        response_length: int,
+        exception: Exception | None,
+    ) -> None:
+        """One step the driver timed itself (see :class:`TimedRecorder`)."""
+        self.callback(
+            StepResult(protocol, name, start_time, response_time, response_length, exception)
+        )
 
 
 class ListRecorder(CallbackRecorder):
