@@ -22,7 +22,7 @@ from ._yaml import LoadError
 from .durations import Duration
 from .fuzz import PROTOCOLS, write_finding
 from .fuzz.dialogue import Login, LoginFailed
-from .fuzz.engine import SecondTarget
+from .fuzz.engine import DEFAULT_EXAMPLES, SecondTarget
 from .fuzz.engine import fuzz as run_fuzz
 from .fuzz.memory import MemoryConnector, dev_memory_target, scratch_base
 from .fuzz.oracle import Connector, DialogueStats, SocketConnector
@@ -76,7 +76,7 @@ __all__ = ["fuzz"]
 @click.option(
     "--no-login", is_flag=True, help="POP3/IMAP: fuzz the state before login, in cleartext."
 )
-@click.option("--max-examples", type=click.IntRange(1), default=200, show_default=True)
+@click.option("--max-examples", type=click.IntRange(1), default=DEFAULT_EXAMPLES, show_default=True)
 @click.option(
     "--time-budget",
     type=Duration(),

@@ -25,7 +25,11 @@ from conformance.fuzz.oracle import Connector, DialogueStats, SocketConnector, r
 from conformance.fuzz.retrieve import RetrieveCheck
 from conformance.targets import Service, Target
 
-__all__ = ["FuzzReport", "SecondTarget", "fuzz"]
+__all__ = ["DEFAULT_EXAMPLES", "FuzzReport", "SecondTarget", "fuzz"]
+
+#: dialogues a run generates unless told otherwise: the hidden-bug tests find each of
+#: their bugs within it (tests/integration/test_fuzz_*.py)
+DEFAULT_EXAMPLES = 1000
 
 
 @dataclass(frozen=True)
@@ -89,7 +93,7 @@ def fuzz(
     service: Service,
     *,
     seed_value: int,
-    max_examples: int = 200,
+    max_examples: int = DEFAULT_EXAMPLES,
     time_budget: float | None = None,
     deadline: float = 2.0,
     progress: Callable[[DialogueStats], None] | None = None,

@@ -84,10 +84,10 @@ def find_and_replay(
     tmp_path: Path,
     certs: TestCerts,
     *,
-    max_examples: int,
     deadline: float,
 ) -> tuple[Path, Finding]:
-    """Fuzz a scripted server hiding one bug (seed 7, logged in after STARTTLS): a finding
+    """Fuzz a scripted server hiding one bug (seed 7, logged in after STARTTLS, the default
+    budget of examples): a finding
     of ``kind`` whose dialogue sends ``needle`` is saved as a scenario that validates and
     fails against that server. Returns the scenario file and the finding."""
     with ScriptedServer(handler, certs=certs) as srv:
@@ -96,7 +96,7 @@ def find_and_replay(
         login = login_for(target, service)
         report = fuzz(
             protocol, target, target.services[service], seed_value=7,
-            max_examples=max_examples, deadline=deadline, login=login,
+            deadline=deadline, login=login,
         )  # fmt: skip
         found = [f for f in report.findings if f.kind == kind]
         assert found, [f.message for f in report.findings]

@@ -179,7 +179,7 @@ def test_fuzzer_finds_the_hidden_bug_and_the_scenario_replays_it(
 ) -> None:
     path, _ = find_and_replay(
         IMAP, "imap", buggy_imap(bug), kind, needle, tmp_path, test_certs,
-        max_examples=600, deadline=DEADLINE,
+        deadline=DEADLINE,
     )  # fmt: skip
     ref = reference_target(mail_server, tmp_path, "imap")
     code, output = run_cli("run", str(path), "--target", str(ref))

@@ -109,7 +109,7 @@ def test_fuzzer_finds_the_hidden_bug_and_the_scenario_replays_it(
 ) -> None:
     path, finding = find_and_replay(
         POP3, "pop3", buggy_pop3(bug), kind, needle, tmp_path, test_certs,
-        max_examples=300, deadline=DEADLINE,
+        deadline=DEADLINE,
     )  # fmt: skip
     assert len(finding.records) <= 6  # shrunk
     assert "mechanism: native" in path.read_text()

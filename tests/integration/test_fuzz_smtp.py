@@ -136,9 +136,7 @@ def test_fuzzer_finds_the_hidden_bug_and_the_scenario_replays_it(
     with ScriptedServer(buggy_smtp(bug)) as srv:
         tfile = target_file(tmp_path, srv.port)
         target = load_target(tfile)
-        report = fuzz(
-            SMTP, target, target.services["mx"], seed_value=7, max_examples=800, deadline=DEADLINE
-        )
+        report = fuzz(SMTP, target, target.services["mx"], seed_value=7, deadline=DEADLINE)
         kinds = {f.kind for f in report.findings}
         assert kind in kinds, [f.message for f in report.findings]
         finding = next(f for f in report.findings if f.kind == kind)
@@ -289,7 +287,7 @@ def test_fuzzer_finds_the_lost_message_and_the_scenario_replays_it(
         retrieve, note = retrieve_check_for(target, within=0.3, deadline=DEADLINE)
         assert retrieve is not None and note.startswith("on (imap INBOX of alice"), note
         report = fuzz(
-            SMTP, target, target.services["mx"], seed_value=7, max_examples=200,
+            SMTP, target, target.services["mx"], seed_value=7,
             deadline=DEADLINE, retrieve=retrieve,
         )  # fmt: skip
         assert [f.kind for f in report.findings] == ["lost-message"], [
