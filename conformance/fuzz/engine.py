@@ -107,7 +107,8 @@ def fuzz(
 
     Args:
         proto: the protocol plug-in (:data:`conformance.fuzz.PROTOCOLS`).
-        seed_value: the Hypothesis seed: the same seed draws the same dialogues.
+        seed_value: the Hypothesis seed: the same seed plays the same dialogues against a
+            server that answers the same way (state rules draw from the answers).
         max_examples: dialogues to generate (shrinking adds more).
         max_steps: the most rule steps (commands or blocks) in one dialogue.
         time_budget: seconds after which no new dialogue is played (those left are

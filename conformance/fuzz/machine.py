@@ -98,7 +98,12 @@ def dialogue_machine(
         self.failed = False
         if skip():
             return
-        self.live = LiveDialogue(proto, where, deadline=deadline, stats=stats, login=login)
+        try:  # the greeting is judged too
+            self.live = LiveDialogue(proto, where, deadline=deadline, stats=stats, login=login)
+        except Finding:
+            self.failed = True
+            on_failure()
+            raise
         if second is not None:
             try:
                 self.other = LiveDialogue(
