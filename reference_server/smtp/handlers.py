@@ -66,21 +66,33 @@ async def ehlo(session: SmtpSession, cmd: Command) -> Reply:
         return _reply(501, "5.5.4", "EHLO needs a domain or address literal (RFC 5321 §4.1.1.1)")
     session.helo, session.esmtp = name, True
     session.reset_transaction()
-    limits = session.server.config.limits
+    server = session.server
+    return _ehlo_reply(
+        server.config.hostname,
+        name,
+        server.config.limits.max_message_size,
+        server.tls_context is not None and not session.tls and session.conn.can_start_tls,
+        session.listener.offers_auth and session.tls,
+    )
+
+
+@functools.lru_cache(maxsize=256)
+def _ehlo_reply(hostname: str, name: str, max_size: int, starttls: bool, auth: bool) -> Reply:
+    """The EHLO reply, built once per client name and offer (what the listener and TLS allow)."""
     lines = [
-        f"{session.server.config.hostname} greets {name}",
+        f"{hostname} greets {name}",
         "PIPELINING",
-        f"SIZE {limits.max_message_size}",
+        f"SIZE {max_size}",
         "8BITMIME",
         "SMTPUTF8",
         "ENHANCEDSTATUSCODES",
     ]
-    if session.server.tls_context is not None and not session.tls and session.conn.can_start_tls:
+    if starttls:
         lines.append("STARTTLS")
-    if session.listener.offers_auth and session.tls:
+    if auth:
         lines.append("AUTH PLAIN LOGIN")
     lines.append("HELP")
-    return _reply(250, None, *lines)  # RFC 2034 §4: no enhanced codes on EHLO
+    return Reply.build(250, None, *lines)  # RFC 2034 §4: no enhanced codes on EHLO
 
 
 async def helo(session: SmtpSession, cmd: Command) -> Reply:
@@ -300,16 +312,15 @@ async def message_received(session: SmtpSession, event: MessageData) -> Reply:
     message = _received(session, now) + b"".join(added) + content
     try:
         env = session.envelope
-        await asyncio.wait_for(
-            server.accept_message(
+        # asyncio.timeout, not wait_for: no extra task (and its hand-offs) per message
+        async with asyncio.timeout(server.config.limits.timeouts.data_end):
+            await server.accept_message(
                 env.sender or "",
                 list(env.local.values()),
                 env.remote,
                 message,
                 session.conn.peer[0],
-            ),
-            server.config.limits.timeouts.data_end,
-        )
+            )
     except (OSError, TimeoutError) as exc:
         log.error("%s: could not store message: %s", session.session_id, exc or "timed out")
         return _reply(451, "4.3.0", "could not store the message; try again later")
@@ -327,13 +338,19 @@ def _received(session: SmtpSession, now: float) -> bytes:
         proto = "SMTP"  # RFC 3848 names no TLS variant for plain SMTP
     env = session.envelope
     rcpt = f"\r\n\tfor <{env.recipients[0]}>" if len(env.recipients) == 1 else ""
-    date = email.utils.formatdate(now, localtime=False)
+    date = _date_header(int(now))
     text = (
         f"Received: from {session.helo} ([{session.conn.peer[0]}])\r\n"
         f"\tby {session.server.config.hostname} with {proto} id {session.session_id}{rcpt};\r\n"
         f"\t{date}\r\n"
     )
     return text.encode("utf-8", "surrogateescape")
+
+
+@functools.lru_cache(maxsize=4)
+def _date_header(seconds: int) -> str:
+    """RFC 5322 date-time of a whole second, formatted once per second under load."""
+    return email.utils.formatdate(seconds, localtime=False)
 
 
 HANDLERS: Final[dict[str, Handler]] = {

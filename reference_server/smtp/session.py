@@ -197,7 +197,7 @@ class SmtpSession:
                     event = dataclasses.replace(event, arg=arg)
                 self.commands_seen += 1
                 verb = event.verb
-                if faults.drop(verb):
+                if faults and faults.drop(verb):
                     await self.flush()  # earlier answers still go out; this one never does
                     self.conn.abort()
                     raise Hangup

@@ -25,6 +25,14 @@ delivery holds no thread and a batch can take in every delivery in flight.
 Under load the directory fsyncs per second stay near ``1 / fsync latency``
 while deliveries per second grow with concurrency.
 
+Hand-offs between the loop and the threads cost more than they seem: every
+wake-up is a futex call and a contended GIL, and the event loop waits for the
+GIL after each of its own socket calls. So :meth:`MaildirStore.deliver` queues
+work to bare threads (no executor future per delivery), the threads hand staged
+deliveries back to the loop in batches (one wake-up for all that finished
+before the loop took the previous ones), and the deliveries waiting on one
+directory fsync are woken together, with one hand-off per fsync.
+
 A message for several users is written once per mailbox (copies, not hard
 links), renamed into every ``new/``, and each distinct ``new/`` directory is
 committed. If anything fails, what was written is removed (``tmp/`` files, and,
@@ -37,8 +45,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import functools
 import itertools
 import os
+import queue
 import socket
 import threading
 import time
@@ -96,7 +106,7 @@ def fsync_directory(directory: Path, fsync_fn: FsyncFn = os.fsync) -> None:
         os.close(fd)
 
 
-def write_new_file(path: Path, data: bytes, fsync_fn: FsyncFn | None = os.fsync) -> None:
+def write_new_file(path: Path | str, data: bytes, fsync_fn: FsyncFn | None = os.fsync) -> None:
     """Create ``path`` (it must not exist), write ``data`` and fsync it.
 
     The file is durable but its directory entry is not: the caller renames it
@@ -246,13 +256,24 @@ class DirectorySync:
         self._submit()
 
 
+class _Box:
+    """A ready Maildir: its paths as strings (ready to append a name) and its ``new/`` sync."""
+
+    __slots__ = ("new", "sync", "tmp")
+
+    def __init__(self, path: Path, sync: DirectorySync) -> None:
+        self.tmp = f"{path}/tmp/"
+        self.new = f"{path}/new/"
+        self.sync = sync
+
+
 class _Staged:
     """A delivery whose files are in ``new/``, waiting for its directory fsyncs."""
 
     __slots__ = ("commits", "names", "renamed")
 
     def __init__(
-        self, names: list[str], renamed: list[Path], commits: list[Future[OSError | None]]
+        self, names: list[str], renamed: list[str], commits: list[Future[OSError | None]]
     ) -> None:
         self.names = names
         self.renamed = renamed
@@ -262,7 +283,70 @@ class _Staged:
         """Remove the files again (best effort): the message is not acknowledged."""
         for path in self.renamed:
             with contextlib.suppress(OSError):
-                path.unlink()
+                os.unlink(path)
+
+
+class _Job:
+    """A delivery for a staging thread, and where its caller waits."""
+
+    __slots__ = ("loop", "message", "users", "waiter")
+
+    def __init__(
+        self,
+        users: list[str],
+        message: bytes,
+        waiter: asyncio.Future[_Staged | BaseException],
+        loop: asyncio.AbstractEventLoop,
+    ) -> None:
+        self.users = users
+        self.message = message
+        self.waiter = waiter
+        self.loop = loop
+
+
+def _set_outcome(
+    waiter: asyncio.Future[_Staged | BaseException], outcome: _Staged | BaseException
+) -> None:
+    if not waiter.done():  # a cancelled delivery may still be stored
+        waiter.set_result(outcome)
+
+
+# Group commit, seen from an event loop: the deliveries waiting on one directory
+# fsync share one hand-off back to the loop when it ends (``asyncio.wrap_future``
+# would hand each one back separately: a self-pipe write and a GIL hand-off each).
+_SharedKey = tuple["Future[OSError | None]", asyncio.AbstractEventLoop]
+_shared_waits: dict[_SharedKey, list[asyncio.Future[OSError | None]]] = {}
+
+
+async def _wait_shared(
+    commit: Future[OSError | None], loop: asyncio.AbstractEventLoop
+) -> OSError | None:
+    """Await ``commit`` (a directory fsync) on ``loop``, sharing the wake-up with its batch.
+
+    Each caller waits on a future of its own, so cancelling one delivery never
+    cancels the others' wait.
+    """
+    waiter: asyncio.Future[OSError | None] = loop.create_future()
+    key = (commit, loop)
+    group = _shared_waits.get(key)
+    if group is None:
+        group = _shared_waits[key] = []
+        # if the fsync is already over, this runs now, and _wake_group still comes later
+        commit.add_done_callback(functools.partial(_commit_done, key))
+    group.append(waiter)
+    return await waiter
+
+
+def _commit_done(key: _SharedKey, _commit: Future[OSError | None]) -> None:
+    with contextlib.suppress(RuntimeError):  # that loop is closed: nobody waits any more
+        key[1].call_soon_threadsafe(_wake_group, key)
+
+
+def _wake_group(key: _SharedKey) -> None:
+    outcome = key[0].result()
+    for waiter in _shared_waits.pop(key, ()):
+        if not waiter.done():  # a cancelled delivery may still be stored
+            waiter.set_result(outcome)
 
 
 class MaildirStore:
@@ -303,6 +387,7 @@ class MaildirStore:
         self._lock = threading.Lock()
         self._counter = itertools.count(1)
         self._ready: set[str] = set()
+        self._boxes: dict[str, _Box] = {}  # ready users' Maildirs
         self._create_lock = threading.Lock()  # mailbox creation, once per user
         self._dirsyncs: dict[Path, DirectorySync] = {}
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="maildir")
@@ -310,6 +395,13 @@ class MaildirStore:
         self._sync_pool = ThreadPoolExecutor(
             max_workers=workers, thread_name_prefix="maildir-dirsync"
         )
+        # deliver()'s staging threads: bare threads on a queue (no executor futures),
+        # whose results go back to the loop in batches
+        self._workers = workers
+        self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._threads: list[threading.Thread] = []
+        self._staged: list[tuple[_Job, _Staged | BaseException]] = []  # for the loop
+        self._closed = False
 
     @property
     def directory_syncs(self) -> int:
@@ -402,15 +494,71 @@ class MaildirStore:
             ValueError: as :meth:`deliver_sync`.
             OSError: as :meth:`deliver_sync`.
         """
+        if self._closed:
+            raise RuntimeError("the store is closed")
         loop = asyncio.get_running_loop()
-        staged = await loop.run_in_executor(self._pool, self._stage, list(users), message)
+        waiter: asyncio.Future[_Staged | BaseException] = loop.create_future()
+        if len(self._threads) < self._workers:
+            self._start_workers()
+        self._jobs.put(_Job(list(users), message, waiter, loop))
+        outcome = await waiter
+        if isinstance(outcome, BaseException):
+            raise outcome
+        staged = outcome
         for commit in staged.commits:
-            # the first delivery of a batch usually ran its fsync itself: no hop then
-            error = commit.result() if commit.done() else await asyncio.wrap_future(commit)
+            # the first delivery of a batch usually ran its fsync itself: no hop then;
+            # the others share one hand-off back to the loop per directory fsync
+            error = commit.result() if commit.done() else await _wait_shared(commit, loop)
             if error is not None:
                 await loop.run_in_executor(self._pool, staged.roll_back)
                 raise error
         return staged.names
+
+    def _start_workers(self) -> None:
+        with self._lock:
+            while len(self._threads) < self._workers:
+                thread = threading.Thread(
+                    target=self._work, name=f"maildir-{len(self._threads)}", daemon=True
+                )
+                self._threads.append(thread)
+                thread.start()
+
+    def _work(self) -> None:
+        """A staging thread: one job per delivery; results go back to the loop in batches.
+
+        Compared with ``run_in_executor``: no executor future per delivery, and one
+        hand-off to the loop for all the deliveries staged while the loop had not
+        yet taken the previous ones (one self-pipe write, one wake-up).
+        """
+        jobs, staged, lock = self._jobs, self._staged, self._lock
+        while True:
+            job = jobs.get()
+            if job is None:
+                return
+            outcome: _Staged | BaseException
+            try:
+                outcome = self._stage(job.users, job.message)
+            except BaseException as exc:  # the delivery's caller gets it, whatever it is
+                outcome = exc
+            with lock:
+                first = not staged
+                staged.append((job, outcome))
+            if first:  # otherwise the hand-off already scheduled takes this one too
+                with contextlib.suppress(RuntimeError):  # that loop is closed: nobody waits
+                    job.loop.call_soon_threadsafe(self._hand_back)
+
+    def _hand_back(self) -> None:
+        """On a loop: give the staged deliveries to their callers."""
+        with self._lock:
+            done = self._staged[:]
+            self._staged.clear()
+        here = asyncio.get_running_loop()
+        for job, outcome in done:
+            if job.loop is not here:  # another loop's delivery (rare): pass it on
+                with contextlib.suppress(RuntimeError):
+                    job.loop.call_soon_threadsafe(_set_outcome, job.waiter, outcome)
+            else:
+                _set_outcome(job.waiter, outcome)
 
     def list_new(self, user: str) -> list[Path]:
         """The messages in ``new/`` of ``user``'s Maildir, sorted by file name.
@@ -431,7 +579,15 @@ class MaildirStore:
             return []
 
     async def close(self) -> None:
-        """Wait for deliveries in flight and stop the thread pools."""
+        """Wait for deliveries in flight and stop the threads."""
+        self._closed = True
+        with self._lock:
+            threads = list(self._threads)
+        for _ in threads:
+            self._jobs.put(None)  # after every job queued before
+        for thread in threads:
+            await asyncio.to_thread(thread.join)
+        await asyncio.sleep(0)  # their last results were handed to this loop
         await asyncio.to_thread(self._pool.shutdown, wait=True)
         await asyncio.to_thread(self._sync_pool.shutdown, wait=True)
 
@@ -442,36 +598,52 @@ class MaildirStore:
         if not users:
             raise ValueError("deliver needs at least one user")
         distinct = list(dict.fromkeys(users))
-        boxes = [self.mailbox_path(user) for user in distinct]
-        for user, box in zip(distinct, boxes, strict=True):
-            self._ensure_mailbox(user, box)
+        # dict reads are atomic; changes hold the lock. Every name is checked
+        # before any Maildir is created.
+        known = [self._boxes.get(user) for user in distinct]
+        paths = [
+            self.mailbox_path(u) if b is None else None
+            for u, b in zip(distinct, known, strict=True)
+        ]
+        boxes = [
+            b if b is not None else self._open_box(u, path)
+            for u, b, path in zip(distinct, known, paths, strict=True)
+        ]
 
-        written: list[tuple[Path, Path]] = []  # (tmp path, new path)
-        renamed: list[Path] = []
+        written: list[tuple[str, str]] = []  # (tmp path, new path)
+        renamed: list[str] = []
         names: dict[str, str] = {}
         try:
             for user, box in zip(distinct, boxes, strict=True):
                 name = self._unique_name(len(message))
-                tmp, new = box / "tmp" / name, box / "new" / name
+                tmp, new = box.tmp + name, box.new + name
                 written.append((tmp, new))
                 self._write_durably(tmp, message)
                 names[user] = name
             for tmp, new in written:
                 os.rename(tmp, new)
                 renamed.append(new)
-            commits = (
-                [self._dirsync(box / "new").request(inline=True) for box in boxes]
-                if self.fsync
-                else []
-            )
+            commits = [box.sync.request(inline=True) for box in boxes] if self.fsync else []
         except BaseException:
             for tmp, new in written:
                 with contextlib.suppress(OSError):
-                    (new if new in renamed else tmp).unlink()
+                    os.unlink(new if new in renamed else tmp)
             with self._lock:  # a mailbox removed behind our back is re-created next time
                 self._ready.difference_update(distinct)
+                for user in distinct:
+                    self._boxes.pop(user, None)
             raise
         return _Staged([names[user] for user in users], renamed, commits)
+
+    def _open_box(self, user: str, path: Path | None) -> _Box:
+        """Create the Maildir ``path`` of ``user`` if needed, and remember its paths."""
+        assert path is not None
+        self._ensure_mailbox(user, path)
+        box = _Box(path, self._dirsync(path / "new"))
+        with self._lock:
+            if user in self._ready:
+                self._boxes[user] = box
+        return box
 
     def _dirsync(self, directory: Path) -> DirectorySync:
         sync = self._dirsyncs.get(directory)  # dict reads are atomic; only creation locks
@@ -521,5 +693,5 @@ class MaildirStore:
     def _fsync_dir(self, directory: Path) -> None:
         fsync_directory(directory, self._fsync_fn)
 
-    def _write_durably(self, path: Path, data: bytes) -> None:
+    def _write_durably(self, path: Path | str, data: bytes) -> None:
         write_new_file(path, data, self._fsync_fn if self.fsync else None)
