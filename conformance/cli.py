@@ -35,6 +35,7 @@ from reference_server.web.listener import web_url
 
 from . import __version__
 from ._yaml import LoadError
+from .cli_common import EXIT_FAILED, EXIT_OK, EXIT_UNREACHABLE, EXIT_USAGE
 from .redact import Redactor
 from .replay.pcapwriter import CaptureRecorder
 from .report.console import print_result, print_summary
@@ -50,8 +51,6 @@ from .targets import Target, load_target
 from .transport import CHANNEL_TAP
 
 __all__ = ["main", "select"]
-
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
 
 
 def select(scenarios: list[Scenario], patterns: tuple[str, ...]) -> list[Scenario]:

@@ -18,7 +18,7 @@ from typing import Any
 
 import click
 
-from ._yaml import LoadError
+from .cli_common import EXIT_FAILED, EXIT_OK, EXIT_UNREACHABLE, target_or_exit
 from .durations import Duration
 from .fuzz import PROTOCOLS, write_finding
 from .fuzz.dialogue import Login, LoginFailed
@@ -27,7 +27,7 @@ from .fuzz.engine import fuzz as run_fuzz
 from .fuzz.memory import MemoryConnector, dev_memory_target, scratch_base
 from .fuzz.oracle import Connector, DialogueStats, SocketConnector
 from .fuzz.retrieve import RetrieveCheck, RetrieveFailed, retrieve_check_for
-from .targets import Service, Target, load_target
+from .targets import Service, Target
 
 __all__ = ["fuzz"]
 
@@ -169,7 +169,7 @@ def fuzz(
             config, target = dev_memory_target(tmp)
         else:
             assert target_file is not None
-            config, target = None, _load(target_file)
+            config, target = None, target_or_exit(target_file)
         name = service or PROTOCOLS[protocol].default_service
         svc = _service(target, name)
         login = _login(target, svc, protocol, login_name, no_login, memory=in_memory)
@@ -193,7 +193,7 @@ def fuzz(
                 )
         second: SecondTarget | None = None
         if second_file is not None:
-            other = _load(second_file)
+            other = target_or_exit(second_file)
             other_svc = _service(other, name)
             other_login = None
             if login is not None and login.account is not None:
@@ -221,14 +221,6 @@ def fuzz(
             retrieve_note=retrieve_note,
             summary_json=summary_json,
         )
-
-
-def _load(path: Path) -> Target:
-    try:
-        return load_target(path)
-    except LoadError as err:
-        click.echo(str(err), err=True)
-        sys.exit(2)
 
 
 def _service(target: Target, name: str) -> Service:
@@ -325,13 +317,13 @@ def _run(
         )
     except RetrieveFailed as exc:
         click.echo(f"{exc} (skip the check with --no-retrieve-check)", err=True)
-        sys.exit(3)
+        sys.exit(EXIT_UNREACHABLE)
     except LoginFailed as exc:
         click.echo(f"the login prefix failed: {exc}", err=True)
-        sys.exit(3)
+        sys.exit(EXIT_UNREACHABLE)
     except OSError as exc:
         click.echo(f"target unreachable: {where}: {exc}", err=True)
-        sys.exit(3)
+        sys.exit(EXIT_UNREACHABLE)
     stats = report.stats
     rate = stats.dialogues / report.elapsed if report.elapsed else 0.0
     click.echo(
@@ -365,7 +357,7 @@ def _run(
             "out_of_time": report.out_of_time,
         }
         summary_json.write_text(json.dumps(summary))
-    sys.exit(1 if report.findings else 0)
+    sys.exit(EXIT_FAILED if report.findings else EXIT_OK)
 
 
 def run_jobs(protocol: str, args: list[str], jobs: int, examples: int, seed: int | None) -> None:

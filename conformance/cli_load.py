@@ -44,15 +44,14 @@ from typing import IO, Any
 import click
 
 from . import __version__
-from ._yaml import LoadError
+from .cli_common import EXIT_USAGE, target_or_exit
 from .durations import parse_duration
 from .scenario.loader import LoadErrors, load_paths
 from .scenario.runner import check_against_target
-from .targets import Target, load_target
+from .targets import Target
 
 __all__ = ["PROFILES", "CpuMonitor", "load", "locust_command", "params_path"]
 
-EXIT_USAGE = 2
 
 # profile -> services of the target it needs (any one of a tuple will do)
 # (loadtest/users.py and loadtest/delivery.py define them; the locustfile checks again)
@@ -345,11 +344,7 @@ def _check_inputs(opts: LoadOptions) -> Target | None:
     """Load the target and scenario file; exit 2 with the reasons if they will not do."""
     if opts.target is None:
         return None
-    try:
-        target = load_target(opts.target)
-    except LoadError as exc:
-        click.echo(str(exc), err=True)
-        sys.exit(EXIT_USAGE)
+    target = target_or_exit(opts.target)
     if opts.profile is not None:
         for choices in PROFILES[opts.profile]:
             if not any(name in target.services for name in choices):

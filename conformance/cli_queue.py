@@ -21,9 +21,10 @@ from reference_server.config import ConfigError, ServerConfig, load_config
 from reference_server.outbound.control import NotRunning, request
 from reference_server.storage.spool import OutboundSpool, QueueState, SpoolEntry
 
+from .cli_common import EXIT_USAGE
+
 __all__ = ["queue"]
 
-EXIT_USAGE = 2
 EXIT_NOT_FOUND = 1
 
 _config_option = click.option(

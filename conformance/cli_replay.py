@@ -21,8 +21,8 @@ from typing import Any
 
 import click
 
-from ._yaml import LoadError
 from .capture import CaptureError, TcpStream, read_streams
+from .cli_common import EXIT_FAILED, EXIT_OK, EXIT_UNREACHABLE, EXIT_USAGE, target_or_exit
 from .redact import Redactor
 from .replay.convert import (
     Converted,
@@ -36,11 +36,9 @@ from .report.junit import write_junit
 from .results import RunResult
 from .scenario.loader import LoadErrors, load_paths
 from .scenario.runner import TargetUnreachable, check_against_target
-from .targets import Target, load_target
+from .targets import Target
 
 __all__ = ["pcap2yaml", "replay"]
-
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
 
 
 def _pair(value: str, option: str) -> tuple[str, str]:
@@ -234,7 +232,7 @@ def pcap2yaml(
     Credentials are never written: logins become auth steps as a target
     account. See docs/replay.md.
     """
-    target = _load_target(target_file) if target_file is not None else None
+    target = target_or_exit(target_file) if target_file is not None else None
     converted = _convert(capture, target, conversion)
     paths = write_converted(converted, out_dir)
     _announce(converted, {p.stem: p for p in paths})
@@ -242,14 +240,6 @@ def pcap2yaml(
         click.echo("no session of the capture could be converted; nothing written", err=True)
         sys.exit(EXIT_USAGE)
     click.echo(f"{len(paths)} scenario(s) written to {out_dir}")
-
-
-def _load_target(path: Path, *, ca_file: Path | None = None, insecure: bool = False) -> Target:
-    try:
-        return load_target(path).with_tls(insecure=insecure, ca_file=ca_file)
-    except LoadError as exc:
-        click.echo(str(exc), err=True)
-        sys.exit(EXIT_USAGE)
 
 
 @click.command()
@@ -298,7 +288,7 @@ def replay(
     The sessions are converted as pcap2yaml would (in memory) and run one after
     another in the order they began. Exit 1 if any exchange differs.
     """
-    target = _load_target(target_file, ca_file=ca_file, insecure=insecure)
+    target = target_or_exit(target_file, ca_file=ca_file, insecure=insecure)
     converted = _convert(capture, target, conversion)
     _announce(converted)
     chosen = [c for c in converted if c.document is not None]

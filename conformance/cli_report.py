@@ -10,13 +10,13 @@ from pathlib import Path
 
 import click
 
+from .cli_common import EXIT_USAGE
 from .report.render import format_for, write_report
 from .requirements import shipped_catalogue
 from .scenario.loader import LoadErrors, load_paths
 
 __all__ = ["report", "requirements"]
 
-EXIT_USAGE = 2
 SHIPPED_SCENARIOS = Path(__file__).resolve().parent.parent / "scenarios"
 
 
