@@ -79,14 +79,19 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from procs import free_port, reference_server, stop_process, tail, wait_for_greeting
+from procs import (
+    SMTP_SOURCE,
+    free_port,
+    reference_server,
+    smtp_source_command,
+    stop_process,
+    tail,
+    wait_for_greeting,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 LOCUSTFILE = REPO / "loadtest" / "locustfile.py"
 SMTP_SINK = shutil.which("smtp-sink") or "/usr/sbin/smtp-sink"
-SMTP_SOURCE = shutil.which("smtp-source") or "/usr/sbin/smtp-source"
-HELO = "bench.example.org"
-SENDER = "bench@example.org"
 RECIPIENT = "bench@sink.test"
 
 CONFIGS = (
@@ -159,23 +164,14 @@ def percentile(histogram: dict[str, int], q: float) -> float | None:
 def smtp_source_cmd(
     port: int | str, n: int, args: argparse.Namespace, reuse: bool, rcpt: str = RECIPIENT
 ) -> list[str]:
-    return [
-        SMTP_SOURCE,
-        "-s",
-        str(args.sessions),
-        "-l",
-        str(args.size),
-        "-m",
-        str(n),
-        "-M",
-        HELO,
-        "-f",
-        SENDER,
-        "-t",
-        rcpt,
-        *(["-d"] if reuse else []),
-        f"127.0.0.1:{port}",
-    ]
+    return smtp_source_command(
+        port,
+        n,
+        sessions=args.sessions,
+        size=args.size,
+        recipient=rcpt,
+        extra=["-d"] if reuse else [],
+    )
 
 
 def run_smtp_source(

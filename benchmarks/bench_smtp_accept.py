@@ -53,15 +53,20 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import peer_postfix
-from procs import free_port, reference_server, stop_process, tail, wait_for_greeting
+from procs import (
+    SMTP_SOURCE,
+    free_port,
+    reference_server,
+    smtp_source_command,
+    stop_process,
+    tail,
+    wait_for_greeting,
+)
 
 REPO = Path(__file__).resolve().parent.parent
-SMTP_SOURCE = shutil.which("smtp-source") or "/usr/sbin/smtp-source"
 PEERS = ("aiosmtpd", "aiosmtpd-executor", "postfix", "mailharness")
 BASELINES = ("aiosmtpd", "postfix")
-SENDER = "bench@example.org"
 RECIPIENT = "bench@example.test"
-HELO = "bench.example.org"
 
 MODES = {
     "new-connection": ("new connection per message", []),
@@ -230,23 +235,9 @@ def start(peer: str, work: Path) -> contextlib.AbstractContextManager[Server]:
 
 
 def smtp_source(port: int | str, n: int, args: argparse.Namespace, extra: list[str]) -> list[str]:
-    return [
-        SMTP_SOURCE,
-        "-s",
-        str(args.sessions),
-        "-l",
-        str(args.size),
-        "-m",
-        str(n),
-        "-M",
-        HELO,
-        "-f",
-        SENDER,
-        "-t",
-        RECIPIENT,
-        *extra,
-        f"127.0.0.1:{port}",
-    ]
+    return smtp_source_command(
+        port, n, sessions=args.sessions, size=args.size, recipient=RECIPIENT, extra=extra
+    )
 
 
 def load(port: int, n: int, args: argparse.Namespace, extra: list[str]) -> tuple[float, str]:

@@ -1,5 +1,6 @@
 """Process plumbing the benchmark scripts share: ports, logs, waiting for a greeting,
-stopping, and the reference server as a subprocess on a config of the script's.
+stopping, the reference server as a subprocess on a config of the script's, and the
+``smtp-source`` command line (Postfix's load generator).
 
 Everything is on 127.0.0.1 and bounded in time.
 """
@@ -7,16 +8,59 @@ Everything is on 127.0.0.1 and bounded in time.
 from __future__ import annotations
 
 import contextlib
+import shutil
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
-__all__ = ["free_port", "reference_server", "stop_process", "tail", "wait_for_greeting"]
+__all__ = [
+    "SMTP_SOURCE",
+    "free_port",
+    "reference_server",
+    "smtp_source_command",
+    "stop_process",
+    "tail",
+    "wait_for_greeting",
+]
 
 REPO = Path(__file__).resolve().parent.parent
+SMTP_SOURCE = shutil.which("smtp-source") or "/usr/sbin/smtp-source"
+BENCH_HELO = "bench.example.org"
+BENCH_SENDER = "bench@example.org"
+
+
+def smtp_source_command(
+    port: int | str,
+    messages: int,
+    *,
+    sessions: int,
+    size: int,
+    recipient: str,
+    extra: Sequence[str] = (),
+) -> list[str]:
+    """``smtp-source`` sending ``messages`` of ``size`` bytes over ``sessions`` parallel
+    sessions to 127.0.0.1:``port``, from the benchmarks' sender and HELO name; ``extra``
+    goes before the address (``-d``: reuse connections)."""
+    return [
+        SMTP_SOURCE,
+        "-s",
+        str(sessions),
+        "-l",
+        str(size),
+        "-m",
+        str(messages),
+        "-M",
+        BENCH_HELO,
+        "-f",
+        BENCH_SENDER,
+        "-t",
+        recipient,
+        *extra,
+        f"127.0.0.1:{port}",
+    ]
 
 
 def free_port() -> int:
