@@ -37,6 +37,7 @@ connections).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import random
 from collections.abc import Iterator, Sequence
@@ -45,6 +46,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 from weakref import WeakKeyDictionary
 
+import gevent
 from locust import User, task
 from locust.env import Environment
 from locust.runners import WorkerRunner
@@ -54,7 +56,7 @@ from conformance.targets import Account, Target, load_target
 from .accounts import AccountPool, accounts_from_csv, accounts_from_target, partition
 from .clients import MeasuredImapClient, MeasuredPop3Client, MeasuredSmtpClient
 from .corpus import DEFAULT_SIZES, MessageFactory, SizeDistribution, parse_size
-from .drivers import DriverError, Endpoint, NullRecorder, SmtpDriver
+from .drivers import DataPayload, DriverError, Endpoint, NullRecorder, SmtpDriver
 
 __all__ = [
     "PROFILES",
@@ -200,7 +202,11 @@ class LoadContext:
         """The endpoint of ``service`` (one per process: the TLS context is shared)."""
         ep = self._endpoints.get(service)
         if ep is None:
-            ep = self._endpoints[service] = Endpoint.from_target(self.target, service)
+            # users yield to each other before every read (see Endpoint.cooperate)
+            ep = dataclasses.replace(
+                Endpoint.from_target(self.target, service), cooperate=gevent.sleep
+            )
+            self._endpoints[service] = ep
         return ep
 
     def service_for(self, key: str, default: str) -> str:
@@ -363,9 +369,11 @@ class SmtpUser(MailUser):
         """The visit's ``--messages-per-connection`` messages, made one at a time as the
         driver asks (it pipelines each one's commands with the message before)."""
         ctx = self.ctx
+        make, recipients_for = ctx.factory.make, ctx.recipients
         for _ in range(ctx.settings.messages_per_connection):
-            recipients = ctx.recipients(account)
-            yield sender, recipients, ctx.factory.make(sender, recipients).data
+            recipients = recipients_for(account)
+            # the factory's lines are CRLF and none starts with ".": only the final dot
+            yield sender, recipients, DataPayload(make(sender, recipients).data + b".\r\n")
 
     def sender(self) -> tuple[Account | None, str]:
         """The account to log in as (``None``: no AUTH) and the envelope sender."""

@@ -53,13 +53,14 @@ from ._base import (
 )
 from .imap import FetchedMessage, ImapDriver, ImapReplyError, MailboxInfo
 from .pop3 import Pop3Driver, Pop3ReplyError
-from .smtp import SmtpDriver, SmtpReplyError
+from .smtp import DataPayload, SmtpDriver, SmtpReplyError
 
 __all__ = [
     "CallbackRecorder",
     "Channel",
     "ConnectError",
     "ConnectionLost",
+    "DataPayload",
     "DriverError",
     "DriverTimeout",
     "Endpoint",

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from conformance.targets import Account
+from conformance.wire.pop3 import byte_stuff
 from loadtest.accounts import (
     AccountPool,
     AccountsError,
@@ -96,6 +97,15 @@ def test_messages_are_about_the_size_drawn(size):
     assert message.data.endswith(b"\r\n")
     assert b"\n" not in message.data.replace(b"\r\n", b"")  # CRLF only
     assert max(len(line) for line in message.data.split(b"\r\n")) <= 998  # RFC 5322 §2.1.1
+
+
+@pytest.mark.parametrize("spec", ["256", "1KB", "4KB", "40KB", "80%:4KB,15%:64KB,5%:1MB"])
+def test_messages_need_no_dot_stuffing(spec):
+    # what the load users rely on to send them as DataPayload without a scan
+    factory = MessageFactory(spec, seed=7, stream="w1")
+    for _ in range(40):
+        data = factory.make("a@example.test", ["b@example.test", "c@example.test"]).data
+        assert byte_stuff(data) == data + b".\r\n"
 
 
 def test_small_message_is_plain_text():

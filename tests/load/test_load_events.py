@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from loadsupport import run_locust, sink_target, smtp_sink, smtp_sink_available
 
-from loadtest.drivers import Endpoint, ListRecorder, SmtpDriver, SmtpReplyError
+from loadtest.drivers import DataPayload, Endpoint, ListRecorder, SmtpDriver, SmtpReplyError
 
 needs_sink = pytest.mark.skipif(not smtp_sink_available(), reason="smtp-sink not installed")
 
@@ -127,3 +127,64 @@ def test_mx_profile_per_message_events(tmp_path: Path):
     assert run.count("SMTP", "message") > 50, run.explain()
     assert not {"SMTP MAIL", "SMTP RCPT", "SMTP DATA"} & run.names(), run.names()
     assert run.failure_count() == 0, run.explain()
+
+
+def recording_server() -> tuple[int, threading.Thread, list[bytes]]:
+    """Says yes to everything (PIPELINING offered) and keeps each DATA payload it got."""
+    srv = socket.create_server(("127.0.0.1", 0))
+    port = srv.getsockname()[1]
+    payloads: list[bytes] = []
+
+    def serve() -> None:
+        conn, _ = srv.accept()
+        with conn, srv:
+            conn.settimeout(5)
+            conn.sendall(b"220 recording\r\n")
+            lines = conn.makefile("rb")
+            while line := lines.readline():
+                verb = line[:4].upper()
+                if verb == b"EHLO":
+                    conn.sendall(b"250-recording\r\n250 PIPELINING\r\n")
+                elif verb == b"DATA":
+                    conn.sendall(b"354 go\r\n")
+                    payload = b""
+                    while (line := lines.readline()) != b".\r\n":
+                        payload += line
+                    payloads.append(payload)
+                    conn.sendall(b"250 2.0.0 kept\r\n")
+                elif verb == b"QUIT":
+                    conn.sendall(b"221 bye\r\n")
+                    return
+                else:
+                    conn.sendall(b"250 ok\r\n")
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    return port, thread, payloads
+
+
+def test_data_payload_is_sent_as_it_is_and_plain_bytes_are_stuffed():
+    port, thread, payloads = recording_server()
+    calls: list[int] = []
+    endpoint = Endpoint("127.0.0.1", port, cooperate=lambda: calls.append(1))
+    smtp = SmtpDriver(endpoint, recorder=ListRecorder(), per_message=True)
+    smtp.start()
+    stuffed = DataPayload.of(b"Subject: s\r\n\r\n.one dot\nbare lf\r\n")
+    assert stuffed == b"Subject: s\r\n\r\n..one dot\r\nbare lf\r\n.\r\n"
+    assert DataPayload.of(stuffed[:-3]) != stuffed  # of() stuffs again; only the type is trusted
+    # a DataPayload goes out byte for byte (already stuffed: the server unstuffs "..")
+    smtp.send_messages(
+        [
+            ("a@x.test", ["b@x.test"], stuffed),
+            ("a@x.test", ["b@x.test"], b"Subject: t\r\n\r\n.leading dot\r\n"),
+        ]
+    )
+    smtp.quit()
+    thread.join(5)
+    # as the server read them, before taking the stuffing off
+    assert payloads == [
+        b"Subject: s\r\n\r\n..one dot\r\nbare lf\r\n",
+        b"Subject: t\r\n\r\n..leading dot\r\n",
+    ]
+    # the endpoint's cooperate hook ran before reads (greeting, EHLO, the replies, QUIT)
+    assert len(calls) >= 4
