@@ -69,6 +69,7 @@ class Connection(asyncio.BufferedProtocol):
         self._can_write = asyncio.Event()
         self._can_write.set()
         self.task: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop  # set by connection_made
 
     # -- asyncio.Protocol ------------------------------------------------------------
 
@@ -78,7 +79,10 @@ class Connection(asyncio.BufferedProtocol):
         peer = transport.get_extra_info("peername")
         self.peer = (str(peer[0]), int(peer[1])) if peer else ("", 0)
         self.tls = transport.get_extra_info("sslcontext") is not None
-        self.task = asyncio.get_running_loop().create_task(self._run())
+        # kept: asyncio.get_running_loop() makes a getpid() system call on every call
+        # (Python 3.11), and read() needs the loop several times per message
+        self._loop = asyncio.get_running_loop()
+        self.task = self._loop.create_task(self._run())
 
     def get_buffer(self, sizehint: int) -> memoryview:
         # one preallocated buffer per connection: asyncio's default reading
@@ -132,7 +136,7 @@ class Connection(asyncio.BufferedProtocol):
             ConnectionTimeout: nothing arrived within ``timeout`` seconds.
         """
         if not self._inbox and not self._eof:
-            loop = asyncio.get_running_loop()
+            loop = self._loop
             waiter = self._waiter = loop.create_future()
             # a timer handle, cheaper than wait_for on every read of a busy server
             timer = loop.call_later(timeout, _expire, waiter)

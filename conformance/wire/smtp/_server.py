@@ -50,10 +50,21 @@ __all__ = [
 #: RFC 4954 §4: "the AUTH command ... line length ... 12288 octets".
 AUTH_LINE_LIMIT = 12288
 _END = b"\r\n.\r\n"
-# a bare LF or CR, or NUL (RFC 5322 §3.5 text excludes it; a receiver that drops NUL
-# would see CRLF NUL "." CRLF as the end of data)
-_BARE_EOL = re.compile(rb"(?<!\r)\n|\r(?!\n)|\x00")
 _VERB = re.compile(rb"[A-Za-z][A-Za-z0-9]{0,19}")
+
+
+def _has_bare_eol(body: bytes) -> bool:
+    """Whether ``body`` holds a bare LF, a bare CR or a NUL (RFC 5322 §3.5 text
+    excludes NUL; a receiver that drops NUL would see CRLF NUL "." CRLF as the
+    end of data). Told by counts: every LF and every CR must be in a CRLF.
+
+    Each CRLF holds one CR and one LF (two never overlap), so a LF outside one
+    makes more LFs than CRLFs, and likewise a CR. Three scans in C cost a
+    seventh of the regular expression on a 1 KB message, which every message
+    pays (the server reads data on its event loop).
+    """
+    pairs = body.count(b"\r\n")
+    return body.count(b"\n") != pairs or body.count(b"\r") != pairs or b"\0" in body
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -228,7 +239,7 @@ class SmtpServerReader(ClientLineBuffer):
                 "(RFC 1870 §6.3)",
                 size=size,
             )
-        if _BARE_EOL.search(body):
+        if _has_bare_eol(body):
             return DataRejected(
                 code=554,
                 enhanced="5.6.0",

@@ -7,6 +7,7 @@ come out, so no test opens a socket.
 
 from __future__ import annotations
 
+import re
 from itertools import cycle
 
 import pytest
@@ -39,6 +40,7 @@ from conformance.wire.smtp import (
     parse_mail_from,
     parse_rcpt_to,
 )
+from conformance.wire.smtp._server import _has_bare_eol
 
 Event = Command | BadCommandLine | MessageData | DataRejected | NeedData | ConnectionClosed
 SERVER_EVENTS = (Command, BadCommandLine, MessageData, DataRejected)
@@ -1067,3 +1069,19 @@ def test_reply_build_round_trips_through_the_reader(code: int, texts: list[str])
     assert all(line.startswith(b"%d-%s" % (code, enhanced.encode())) for line in firsts)
     assert last.startswith(b"%d %s" % (code, enhanced.encode()))
     assert drain(SmtpReplyReader(), reply.raw)[0] == reply
+
+
+# -- the bare-CR/LF/NUL check on message data, by counts ------------------------------
+
+_BARE_EOL_REGEX = re.compile(rb"(?<!\r)\n|\r(?!\n)|\x00")
+
+
+@FUZZ
+@given(
+    st.lists(st.sampled_from([b"\r", b"\n", b"\r\n", b"\0", b"a", b".", b"\r\r\n"])).map(b"".join)
+)
+@example(b"\r\n\r\n")
+@example(b"\n\r")
+@example(b"a\r\r\n")
+def test_bare_eol_counts_agree_with_the_regular_expression(body: bytes):
+    assert _has_bare_eol(body) == bool(_BARE_EOL_REGEX.search(body))
