@@ -8,6 +8,7 @@ import signal
 import ssl
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import ParamSpec, TypeVar
 
 from .auth import Accounts
 from .config import HTTP_KINDS, IMAP_KINDS, POP3_KINDS, SMTP_KINDS, ListenerKind, ServerConfig
@@ -27,6 +28,9 @@ __all__ = ["MailServer", "serve_until_signal"]
 
 log = logging.getLogger("reference_server")
 
+P = ParamSpec("P")
+T = TypeVar("T")
+
 
 class MailServer:
     """Builds the parts from a :class:`ServerConfig`; ``start`` opens the listeners."""
@@ -41,6 +45,9 @@ class MailServer:
         self.tls_context = self._tls_context()
         self.stopping = False
         self.active_sessions = 0
+        # run blocking work (disk, password checks) on the loop itself: the in-memory
+        # server sets it (reference_server.memory), nothing else should
+        self.inline_blocking = False
         self.auth_throttle = FailureThrottle(config.limits.auth_failure_delay)
         self.pop3_logins: dict[str, float] = {}  # user -> time of the last login (LOGIN-DELAY)
         self.listeners: list[Listener] = []
@@ -66,6 +73,16 @@ class MailServer:
         owner = self.accounts.owner_of(address)
         return owner.username if owner is not None else None
 
+    async def offload(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T:
+        """``fn(*args, **kwargs)``, which blocks (disk work, a password check), run in a
+        worker thread so the event loop keeps serving other sessions; with
+        :attr:`inline_blocking`, run here on the loop instead (in memory, where the
+        only client waits for this answer anyway and a thread hop costs more than
+        the call)."""
+        if self.inline_blocking:
+            return fn(*args, **kwargs)
+        return await asyncio.to_thread(fn, *args, **kwargs)
+
     async def deliver_final(self, users: Sequence[str], reverse_path: str, message: bytes) -> None:
         """Final delivery into local mailboxes: ``Return-Path:`` first (RFC 5321 §4.4), stored
         durably, then IMAP sessions on those INBOXes (IDLE) are told.
@@ -73,7 +90,11 @@ class MailServer:
         Raises:
             OSError: the message could not be stored.
         """
-        await self.store.deliver(users, f"Return-Path: <{reverse_path}>\r\n".encode() + message)
+        stored = f"Return-Path: <{reverse_path}>\r\n".encode() + message
+        if self.inline_blocking:
+            self.store.deliver_sync(users, stored)
+        else:
+            await self.store.deliver(users, stored)
         for user in users:
             self.imap_store.notify_delivery(user)
 

@@ -3,9 +3,10 @@
 Passwords are stored only as scrypt hashes (``hashlib.scrypt``, RFC 7914) in a
 self-describing string, ``scrypt$<n>$<r>$<p>$<salt b64>$<hash b64>``; the
 accounts file refuses plain text. Verifying costs tens of milliseconds on
-purpose, so servers call :meth:`Accounts.authenticate_async`, which runs it in a
-worker thread. An unknown user name costs one verification too (against a dummy
-hash), so the time of a failed AUTH does not tell which user names exist.
+purpose, so servers run it in a worker thread (``MailServer.offload``, or
+:meth:`Accounts.authenticate_async`). An unknown user name costs one
+verification too (against a dummy hash), so the time of a failed AUTH does
+not tell which user names exist.
 
 The SASL helpers decode the client's base64 responses for PLAIN (RFC 4616) and
 LOGIN; the protocol handlers own the exchanges themselves.

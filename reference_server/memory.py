@@ -344,15 +344,26 @@ class MemoryServer:
         assume_tls: run sessions as on a TLS connection (see the module's docstring);
             :meth:`connect` can override it per connection.
         buffer_limit: bytes in flight each way on a connection before the writer waits.
+        inline_blocking: run the server's blocking work (Maildir deliveries, IMAP and
+            POP3 store calls, password checks) on the event loop rather than in
+            worker threads (``MailServer.inline_blocking``). Sessions then see the
+            same answers, in one thread, in a fixed order; what is left out is
+            the interleaving of threads, which the server on sockets exercises.
     """
 
     def __init__(
-        self, config: ServerConfig, *, assume_tls: bool = True, buffer_limit: int = BUFFER_LIMIT
+        self,
+        config: ServerConfig,
+        *,
+        assume_tls: bool = True,
+        buffer_limit: int = BUFFER_LIMIT,
+        inline_blocking: bool = True,
     ) -> None:
         self.config = config
         self.assume_tls = assume_tls
         self.buffer_limit = buffer_limit
         self.server = MailServer(config)  # builds the parts; start() is never called
+        self.server.inline_blocking = inline_blocking
         self._listeners: dict[str, Listener] = {lst.name: lst for lst in self.server.listeners}
         self._stopped = False
 

@@ -2,7 +2,7 @@
 
 Each handler takes the session and the typed command, sends its untagged
 responses and its completion, and leaves the session's state right. Disk
-work runs in worker threads (``asyncio.to_thread``), one hop per command: the
+work runs in worker threads (``MailServer.offload``), one hop per command: the
 store calls a command makes one after the other run together in one blocking
 helper (``_open_and_status``, ``_append_and_refresh``, ...), because waking a
 worker thread costs more than most of the calls themselves. Big FETCHes are
@@ -150,7 +150,7 @@ async def _enable_condstore(session: ImapSession) -> None:
     if view is not None and not view.condstore:
         view.condstore = True
         mailbox = view.mailbox
-        highest = await asyncio.to_thread(lambda: mailbox.highest_modseq)
+        highest = await session.server.offload(lambda: mailbox.highest_modseq)
         session.untagged(f"OK [HIGHESTMODSEQ {highest}] CONDSTORE enabled")
 
 
@@ -160,7 +160,7 @@ async def _leave_mailbox(session: ImapSession) -> None:
     if session.selected is None:
         session.close_mailbox()
     else:
-        await asyncio.to_thread(session.close_mailbox)
+        await session.server.offload(session.close_mailbox)
 
 
 # -- SELECT, EXAMINE, CLOSE, UNSELECT -----------------------------------------------------------
@@ -197,7 +197,7 @@ async def _select(session: ImapSession, cmd: Select) -> None:
     def wake() -> None:
         loop.call_soon_threadsafe(event.set)
 
-    selected = await asyncio.to_thread(
+    selected = await session.server.offload(
         _leave_and_select, session, name, readonly=readonly, callback=wake
     )
     if isinstance(selected, ImapStoreError):
@@ -241,7 +241,7 @@ def _expunge_silently_and_leave(session: ImapSession, view: SelectedMailbox) -> 
 
 
 async def _close(session: ImapSession, cmd: NoArguments) -> None:
-    await asyncio.to_thread(_expunge_silently_and_leave, session, _selected(session))
+    await session.server.offload(_expunge_silently_and_leave, session, _selected(session))
     session.ok(cmd.tag, "CLOSE completed")
 
 
@@ -264,7 +264,7 @@ async def _create(session: ImapSession, cmd: Create) -> None:
         session.no(cmd.tag, "CREATE-SPECIAL-USE is not offered", "USEATTR")
         return
     try:
-        await asyncio.to_thread(_store(session).create, session.user, name)
+        await session.server.offload(_store(session).create, session.user, name)
     except ImapStoreError as exc:
         _refused(session, cmd.tag, exc)
         return
@@ -291,7 +291,7 @@ async def _delete(session: ImapSession, cmd: MailboxCommand) -> None:
     if name is None:
         return
     leave = session.selected is not None and session.selected.name == name
-    refused = await asyncio.to_thread(_leave_and_delete, session, name, leave=leave)
+    refused = await session.server.offload(_leave_and_delete, session, name, leave=leave)
     if refused is not None:
         _refused(session, cmd.tag, refused)
         return
@@ -304,7 +304,7 @@ async def _rename(session: ImapSession, cmd: Rename) -> None:
     if old is None or new is None:
         return
     try:
-        await asyncio.to_thread(_store(session).rename, session.user, old, new)
+        await session.server.offload(_store(session).rename, session.user, old, new)
     except ImapStoreError as exc:
         _refused(session, cmd.tag, exc)
         return
@@ -318,9 +318,9 @@ async def _subscribe(session: ImapSession, cmd: MailboxCommand) -> None:
     store = _store(session)
     try:
         if cmd.name == "SUBSCRIBE":
-            await asyncio.to_thread(store.subscribe, session.user, name)
+            await session.server.offload(store.subscribe, session.user, name)
         else:
-            await asyncio.to_thread(store.unsubscribe, session.user, name)
+            await session.server.offload(store.unsubscribe, session.user, name)
     except ImapStoreError as exc:
         _refused(session, cmd.tag, exc)
         return
@@ -367,7 +367,7 @@ async def _list(session: ImapSession, cmd: ListCommand) -> None:
         session.ok(cmd.tag, "LIST completed")
         return
     try:
-        infos = await asyncio.to_thread(_store(session).list_mailboxes, session.user)
+        infos = await session.server.offload(_store(session).list_mailboxes, session.user)
     except ImapStoreError as exc:
         _refused(session, cmd.tag, exc)
         return
@@ -447,7 +447,7 @@ async def _status(session: ImapSession, cmd: Status) -> None:
         session.bad(cmd.tag, f"unknown STATUS item {unknown[0]}")
         return
     try:
-        mailbox, status = await asyncio.to_thread(
+        mailbox, status = await session.server.offload(
             _open_and_status, _store(session), session.user, name
         )
     except ImapStoreError as exc:
@@ -489,7 +489,7 @@ async def _append(session: ImapSession, cmd: Append) -> None:
     name = _name(session, cmd.tag, cmd.mailbox)
     if name is None:
         return
-    appended = await asyncio.to_thread(
+    appended = await session.server.offload(
         _append_and_refresh, _store(session), session.user, name, cmd, session.selected
     )
     if isinstance(appended, MailboxNotFound):
@@ -512,7 +512,7 @@ def _flush_and_refresh(view: SelectedMailbox) -> None:
 
 
 async def _check(session: ImapSession, cmd: NoArguments) -> None:
-    await asyncio.to_thread(_flush_and_refresh, _selected(session))
+    await session.server.offload(_flush_and_refresh, _selected(session))
     session.ok(cmd.tag, "CHECK completed")
 
 
@@ -538,7 +538,7 @@ async def _expunge(session: ImapSession, cmd: Expunge) -> None:
     uids = None
     if cmd.sequence is not None:  # the view's UIDs change on the loop only, not in refresh
         uids = [uid for _, uid in view.resolve(cmd.sequence, uid=True)]
-    gone = await asyncio.to_thread(_refresh_and_expunge, view, uids)
+    gone = await session.server.offload(_refresh_and_expunge, view, uids)
     if isinstance(gone, (ImapStoreError, OSError)):
         session.no(cmd.tag, f"expunge failed: {gone}", "SERVERBUG")
         return
@@ -623,7 +623,7 @@ async def _search(session: ImapSession, cmd: Search) -> None:
         )
 
     if searching.needs_message(cmd.criteria) or len(uids) > INLINE_SEARCH:
-        session.send(await asyncio.to_thread(run))
+        session.send(await session.server.offload(run))
     else:  # flags, sizes, dates, sets: memory only, cheaper than a thread hop
         session.send(run())
     session.ok(cmd.tag, f"{'UID ' if cmd.uid else ''}SEARCH completed")
@@ -714,7 +714,7 @@ async def _fetch(session: ImapSession, cmd: Fetch) -> None:
     # messages named, as by UIDs that are not here: nothing to mark, read or answer)
     step = mark_seen_snapshot_and_build
     for start in range(0, len(targets), FETCH_BATCH):
-        chunk, lost = await asyncio.to_thread(step, targets[start : start + FETCH_BATCH])
+        chunk, lost = await session.server.offload(step, targets[start : start + FETCH_BATCH])
         step = build
         missing += lost
         session.send(chunk)
@@ -790,7 +790,7 @@ async def _store_flags(session: ImapSession, cmd: Store) -> None:
     if cmd.unchangedsince is not None:
         await _enable_condstore(session)  # RFC 7162 §3.1: an enabling command
     targets = list(view.resolve(cmd.sequence, uid=cmd.uid))
-    stored = await asyncio.to_thread(
+    stored = await session.server.offload(
         _store_and_snapshot,
         view,
         [uid for _, uid in targets],
@@ -853,7 +853,7 @@ async def _copy_move(session: ImapSession, cmd: CopyMove) -> None:
     if name is None:
         return
     uids = [uid for _, uid in view.resolve(cmd.sequence, uid=cmd.uid)]
-    transferred = await asyncio.to_thread(
+    transferred = await session.server.offload(
         _open_and_transfer, _store(session), session.user, name, view, uids, move=move
     )
     if isinstance(transferred, MailboxNotFound):
@@ -897,7 +897,7 @@ async def _idle(session: ImapSession, cmd: NoArguments) -> None:
             return
         if view is not None:
             view.event.clear()
-            await asyncio.to_thread(view.refresh)
+            await session.server.offload(view.refresh)
             session.send(view.pending_updates(allow_expunge=True))
         await session.flush()
         remaining = deadline - loop.time()

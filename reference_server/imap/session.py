@@ -287,7 +287,7 @@ class ImapSession:
             if view is not None and view.event.is_set():
                 # another session changed the mailbox: its news goes out with this command
                 view.event.clear()
-                await asyncio.to_thread(view.refresh)
+                await self.server.offload(view.refresh)
             await handler(self, parsed)
         except MailboxNotFound:
             if view is None or self.selected is not view:
@@ -313,7 +313,7 @@ class ImapSession:
 
     async def _noop(self, cmd: ParsedCommand) -> None:
         if self.selected is not None:
-            await asyncio.to_thread(self.selected.refresh)
+            await self.server.offload(self.selected.refresh)
         self.ok(cmd.tag, "NOOP completed")
 
     async def _logout(self, cmd: ParsedCommand) -> None:
@@ -382,7 +382,7 @@ class ImapSession:
         await self._authenticate_as(cmd.tag, name, password, "AUTHENTICATE")
 
     async def _authenticate_as(self, tag: str, name: str, password: str, how: str) -> None:
-        account = await self.server.accounts.authenticate_async(name, password)
+        account = await self.server.offload(self.server.accounts.authenticate, name, password)
         if account is None:
             self.failures += 1
             delay = self.server.auth_throttle.record_failure(self.conn.peer[0])

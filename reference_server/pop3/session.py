@@ -263,7 +263,7 @@ class Pop3Session:
         return await self._login(name, password)
 
     async def _login(self, name: str, password: str) -> bytes:
-        account = await self.server.accounts.authenticate_async(name, password)
+        account = await self.server.offload(self.server.accounts.authenticate, name, password)
         if account is None:
             self.failures += 1
             delay = self.server.auth_throttle.record_failure(self.conn.peer[0])
@@ -279,7 +279,7 @@ class Pop3Session:
         if min_gap and last is not None and time.monotonic() - last < min_gap:
             return _err(f"[LOGIN-DELAY] wait {min_gap} seconds between logins (RFC 2449 §8.1.1)")
         try:
-            drop = await asyncio.to_thread(self._open_maildrop, account.username)
+            drop = await self.server.offload(self._open_maildrop, account.username)
         except MaildropLocked:
             return _err("[IN-USE] maildrop is locked by another session (RFC 1939 §4)")
         except (OSError, ValueError) as exc:
@@ -351,7 +351,7 @@ class Pop3Session:
     async def _read(self, msg: DropMessage) -> bytes | None:
         assert self.drop is not None
         try:
-            return await asyncio.to_thread(self.drop.read, msg)
+            return await self.server.offload(self.drop.read, msg)
         except OSError as exc:
             log.warning("%s: cannot read message %d: %s", self.session_id, msg.number, exc)
             return None
@@ -437,7 +437,7 @@ class Pop3Session:
             return bad
         drop = self.drop
         assert drop is not None
-        failed = await asyncio.to_thread(drop.expunge)
+        failed = await self.server.offload(drop.expunge)
         left = len(self._live())
         if failed:
             log.warning("%s: %d deleted messages not removed", self.session_id, failed)

@@ -149,7 +149,7 @@ async def auth(session: SmtpSession, cmd: Command) -> Reply:
             return _reply(504, "5.5.4", f"unrecognized authentication mechanism {mech or '(none)'}")
     except (ValueError, binascii.Error) as exc:
         return _reply(501, "5.5.2", f"cannot decode the response: {exc}")
-    account = await session.server.accounts.authenticate_async(username, password)
+    account = await session.server.offload(session.server.accounts.authenticate, username, password)
     if account is None:
         log.info("%s: AUTH %s failed for %r", session.session_id, mech, username)
         await asyncio.sleep(session.server.config.limits.auth_failure_delay)

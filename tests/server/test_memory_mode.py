@@ -14,6 +14,7 @@ import base64
 import logging
 import re
 import socket
+import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
@@ -175,6 +176,48 @@ def test_smtp_delivers_into_the_maildir(config: ServerConfig, no_network: None) 
         assert b"Received: from client.test ([127.0.0.1])" in stored[0]
 
     run(config, body)
+
+
+@pytest.mark.parametrize("inline", [True, False])
+def test_blocking_work_runs_inline_unless_asked_otherwise(
+    config: ServerConfig, passwords, inline: bool
+) -> None:
+    # inline (the default): the Maildir delivery and the POP3 login and maildrop run on
+    # the loop's own thread; otherwise in worker threads, as on sockets. Same answers.
+    threads: set[int] = set()
+
+    async def body(srv: MemoryServer) -> None:
+        assert srv.server.inline_blocking is inline
+        offload = srv.server.offload
+
+        async def spy(fn: Any, /, *args: Any, **kwargs: Any) -> Any:
+            def call() -> Any:
+                threads.add(threading.get_ident())
+                return fn(*args, **kwargs)
+
+            return await offload(call)
+
+        srv.server.offload = spy  # type: ignore[method-assign]
+        wire = await greeted(srv, "mx")
+        await wire.cmd("EHLO client.test")
+        await wire.cmd("MAIL FROM:<bob@example.test>")
+        await wire.cmd("RCPT TO:<alice@example.test>")
+        await wire.cmd("DATA")
+        await wire.client.send(MESSAGE + b".\r\n")
+        assert (await wire.reply())[0] == 250
+        # staging threads start with the first threaded delivery
+        assert bool(srv.server.store._threads) is not inline
+        pop = await greeted(srv, "pop3")
+        await pop.client.send(b"USER alice\r\n")
+        await pop.line()
+        await pop.client.send(f"PASS {passwords['alice']}\r\n".encode())
+        assert (await pop.line()).startswith(b"+OK")
+        await pop.client.send(b"STAT\r\n")
+        assert (await pop.line()).startswith(b"+OK 1 ")
+
+    run(config, body, inline_blocking=inline)
+    assert threads, "nothing was offloaded"
+    assert (threads == {threading.get_ident()}) is inline
 
 
 def test_mail_for_another_domain_waits_in_the_spool(config: ServerConfig, passwords, no_network):
