@@ -23,10 +23,11 @@ import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import yaml
 from conftest import RunningServer, reference_config
@@ -273,3 +274,55 @@ def run_locust(
 
 def smtp_sink_available() -> bool:
     return SMTP_SINK.exists() and shutil.which(str(SMTP_SINK)) is not None
+
+
+# -- scripted SMTP servers for one connection -------------------------------------------
+
+
+def one_connection_server(
+    greeting: bytes, talk: Callable[[socket.socket, BinaryIO], None]
+) -> tuple[int, threading.Thread]:
+    """A loopback server for one connection: sends ``greeting``, then ``talk(conn, lines)``
+    runs in a thread (5 s timeouts); returns the port and the thread."""
+    srv = socket.create_server(("127.0.0.1", 0))
+    port = srv.getsockname()[1]
+
+    def serve() -> None:
+        conn, _ = srv.accept()
+        with conn, srv:
+            conn.settimeout(5)
+            conn.sendall(greeting)
+            talk(conn, conn.makefile("rb"))
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    return port, thread
+
+
+class Scripted:
+    """Answers each command (and each message, at its final dot) with the next reply of
+    ``replies``; keeps everything the client sent in :attr:`received`."""
+
+    def __init__(self, replies: list[bytes]) -> None:
+        self.replies = replies
+        self.received = bytearray()
+        self.port, self.thread = one_connection_server(b"220 scripted\r\n", self._talk)
+
+    def _talk(self, conn: socket.socket, lines: BinaryIO) -> None:
+        in_data = False
+        for reply in self.replies:
+            while True:
+                line = lines.readline()
+                self.received += line
+                if not line:
+                    return
+                if not in_data or line == b".\r\n":
+                    break
+            in_data = reply.startswith(b"354")
+            conn.sendall(reply)
+        self.received += lines.read()  # to the client's close
+
+    def join(self) -> bytes:
+        self.thread.join(5)
+        assert not self.thread.is_alive()
+        return bytes(self.received)

@@ -7,9 +7,17 @@ import socket
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 import pytest
-from loadsupport import run_locust, sink_target, smtp_sink, smtp_sink_available
+from loadsupport import (
+    Scripted,
+    one_connection_server,
+    run_locust,
+    sink_target,
+    smtp_sink,
+    smtp_sink_available,
+)
 
 from loadtest.drivers import DataPayload, Endpoint, ListRecorder, SmtpDriver, SmtpReplyError
 
@@ -50,37 +58,10 @@ def test_driver_per_step_is_unchanged(sink):
     assert rec.names()[2:] == ["SMTP MAIL", "SMTP RCPT", "SMTP DATA", "SMTP QUIT"]
 
 
-def scripted_server(replies: list[bytes]) -> tuple[int, threading.Thread]:
-    """Answers each command (and each message, at its final dot) with the next reply."""
-    srv = socket.create_server(("127.0.0.1", 0))
-    port = srv.getsockname()[1]
-
-    def serve() -> None:
-        conn, _ = srv.accept()
-        with conn, srv:
-            conn.settimeout(5)
-            conn.sendall(b"220 scripted\r\n")
-            lines = conn.makefile("rb")
-            in_data = False
-            for reply in replies:
-                while True:
-                    line = lines.readline()
-                    if not line:
-                        return
-                    if not in_data or line == b".\r\n":
-                        break
-                in_data = reply.startswith(b"354")
-                conn.sendall(reply)
-
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
-    return port, thread
-
-
 def test_seen_replies_and_reader_agree_on_failures():
     # "250 2.1.0 Ok" is read twice (the second time from the replies seen); then a
     # multiline 550 to RCPT fails the message step with the reader's reply, unchanged
-    port, thread = scripted_server(
+    server = Scripted(
         [
             b"250-scripted\r\n250 PIPELINING\r\n",  # EHLO
             b"250 2.1.0 Ok\r\n",  # MAIL
@@ -92,7 +73,9 @@ def test_seen_replies_and_reader_agree_on_failures():
         ]
     )
     rec = ListRecorder()
-    smtp = SmtpDriver(Endpoint("127.0.0.1", port), recorder=rec, per_message=True, pipelining=False)
+    smtp = SmtpDriver(
+        Endpoint("127.0.0.1", server.port), recorder=rec, per_message=True, pipelining=False
+    )
     smtp.start()
     assert smtp.send_message("a@x.test", ["b@x.test"], MESSAGE).lines == ("2.0.0 Ok",)
     with pytest.raises(SmtpReplyError) as err:
@@ -101,7 +84,7 @@ def test_seen_replies_and_reader_agree_on_failures():
     assert err.value.reply.lines == ("5.1.1 no such user", "5.1.1 really")
     assert not smtp.is_connected
     assert rec.names()[-1] == "SMTP message" and rec.results[-1].exception is err.value
-    thread.join(5)
+    server.join()
 
 
 @needs_sink
@@ -131,35 +114,27 @@ def test_mx_profile_per_message_events(tmp_path: Path):
 
 def recording_server() -> tuple[int, threading.Thread, list[bytes]]:
     """Says yes to everything (PIPELINING offered) and keeps each DATA payload it got."""
-    srv = socket.create_server(("127.0.0.1", 0))
-    port = srv.getsockname()[1]
     payloads: list[bytes] = []
 
-    def serve() -> None:
-        conn, _ = srv.accept()
-        with conn, srv:
-            conn.settimeout(5)
-            conn.sendall(b"220 recording\r\n")
-            lines = conn.makefile("rb")
-            while line := lines.readline():
-                verb = line[:4].upper()
-                if verb == b"EHLO":
-                    conn.sendall(b"250-recording\r\n250 PIPELINING\r\n")
-                elif verb == b"DATA":
-                    conn.sendall(b"354 go\r\n")
-                    payload = b""
-                    while (line := lines.readline()) != b".\r\n":
-                        payload += line
-                    payloads.append(payload)
-                    conn.sendall(b"250 2.0.0 kept\r\n")
-                elif verb == b"QUIT":
-                    conn.sendall(b"221 bye\r\n")
-                    return
-                else:
-                    conn.sendall(b"250 ok\r\n")
+    def talk(conn: socket.socket, lines: BinaryIO) -> None:
+        while line := lines.readline():
+            verb = line[:4].upper()
+            if verb == b"EHLO":
+                conn.sendall(b"250-recording\r\n250 PIPELINING\r\n")
+            elif verb == b"DATA":
+                conn.sendall(b"354 go\r\n")
+                payload = b""
+                while (line := lines.readline()) != b".\r\n":
+                    payload += line
+                payloads.append(payload)
+                conn.sendall(b"250 2.0.0 kept\r\n")
+            elif verb == b"QUIT":
+                conn.sendall(b"221 bye\r\n")
+                return
+            else:
+                conn.sendall(b"250 ok\r\n")
 
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
+    port, thread = one_connection_server(b"220 recording\r\n", talk)
     return port, thread, payloads
 
 

@@ -4,10 +4,10 @@ message before (RFC 2920 §3.1), against a scripted server that keeps every byte
 from __future__ import annotations
 
 import socket
-import threading
 from collections.abc import Iterator
 
 import pytest
+from loadsupport import Scripted
 
 from loadtest.drivers import Endpoint, ListRecorder, SmtpDriver, SmtpReplyError
 
@@ -16,43 +16,6 @@ PAYLOAD = MESSAGE.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n").replace(b"\r\n
 PAYLOAD += b".\r\n"
 EHLO = b"250-scripted\r\n250-SIZE 100000\r\n250 PIPELINING\r\n"
 NO_PIPELINING = b"250-scripted\r\n250 SIZE 100000\r\n"
-
-
-class Scripted:
-    """Answers each command (and each message, at its final dot) with the next reply of
-    ``replies``; keeps everything the client sent in :attr:`received`."""
-
-    def __init__(self, replies: list[bytes]) -> None:
-        self.replies = replies
-        self.received = bytearray()
-        self.srv = socket.create_server(("127.0.0.1", 0))
-        self.port = self.srv.getsockname()[1]
-        self.thread = threading.Thread(target=self.serve, daemon=True)
-        self.thread.start()
-
-    def serve(self) -> None:
-        conn, _ = self.srv.accept()
-        with conn, self.srv:
-            conn.settimeout(5)
-            conn.sendall(b"220 scripted\r\n")
-            lines = conn.makefile("rb")
-            in_data = False
-            for reply in self.replies:
-                while True:
-                    line = lines.readline()
-                    self.received += line
-                    if not line:
-                        return
-                    if not in_data or line == b".\r\n":
-                        break
-                in_data = reply.startswith(b"354")
-                conn.sendall(reply)
-            self.received += lines.read()  # to the client's close
-
-    def join(self) -> bytes:
-        self.thread.join(5)
-        assert not self.thread.is_alive()
-        return bytes(self.received)
 
 
 def transaction(rcpts: int = 1, final: bytes = b"250 2.0.0 Ok: queued\r\n") -> list[bytes]:
