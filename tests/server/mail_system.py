@@ -81,13 +81,19 @@ class Sink:
         with self._lock:
             self.connected += 1
             self.most_connected = max(self.most_connected, self.connected)
+        done = [False]
         try:
-            self._converse(conn)
+            self._converse(conn, done)
         finally:
-            with self._lock:
-                self.connected -= 1
+            if not done[0]:
+                self._disconnected(done)
 
-    def _converse(self, conn: ScriptConn) -> None:
+    def _disconnected(self, done: list[bool]) -> None:
+        with self._lock:
+            self.connected -= 1
+        done[0] = True
+
+    def _converse(self, conn: ScriptConn, done: list[bool]) -> None:
         conn.sendline("220 sink.test ESMTP")
         sender, recipients = "", list[str]()
         while True:
@@ -111,6 +117,9 @@ class Sink:
                 data = conn.recv_until(rb"\r\n\.\r\n", timeout=30)
                 self._finish(conn, sender, recipients, data)
             elif verb == "QUIT":
+                # no longer counted before the client can read the 221: a client that
+                # connects again at once must not find this one still counted
+                self._disconnected(done)
                 conn.sendline("221 2.0.0 bye")
                 return
             else:
