@@ -576,9 +576,10 @@ class DataPayload(bytes):
     """A DATA payload already in wire form: CRLF line ends, dot-stuffed, ending
     with the ``.`` line (RFC 5321 §4.5.2). The driver sends it as it is.
 
-    For a producer that knows its messages need no stuffing (the load corpus:
-    no line starts with ``.``), so the driver need not scan every message to
-    find that out again; build one with :meth:`of`, which does the scan.
+    A producer that knows its messages need no stuffing (the load corpus: no
+    line starts with ``.``) wraps ``message + b".\r\n"`` directly, so the driver
+    does not scan every message to find that out again; anything else goes
+    through :meth:`of`, which stuffs it.
     """
 
     __slots__ = ()
