@@ -36,7 +36,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol, TypeVar
+from typing import Protocol, Self, TypeVar
 
 from conformance.targets import Target, TlsMode
 from conformance.wire import NEED_DATA, ConnectionClosed, RemoteProtocolError
@@ -47,6 +47,7 @@ __all__ = [
     "Channel",
     "ConnectError",
     "ConnectionLost",
+    "DriverBase",
     "DriverError",
     "DriverTimeout",
     "Endpoint",
@@ -529,3 +530,31 @@ class Channel:
         if sock is not None:
             with contextlib.suppress(OSError):
                 sock.close()
+
+
+class DriverBase:
+    """What every protocol driver has: its endpoint, its recorder and its channel,
+    whether it is connected, and closing it (also as a context manager)."""
+
+    def __init__(self, endpoint: Endpoint, protocol: str, recorder: StepRecorder | None) -> None:
+        self.endpoint = endpoint
+        self.recorder: StepRecorder = recorder or NullRecorder()
+        self._chan = Channel(endpoint, protocol)
+
+    @property
+    def is_connected(self) -> bool:
+        return self._chan.is_open
+
+    @property
+    def is_tls(self) -> bool:
+        return self._chan.is_tls
+
+    def close(self) -> None:
+        """Drop the connection without saying goodbye (safe to call at any time)."""
+        self._chan.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -47,12 +47,11 @@ from conformance.wire.imap import (
 )
 
 from ._base import (
-    Channel,
     ConnectionLost,
+    DriverBase,
     DriverError,
     DriverTimeout,
     Endpoint,
-    NullRecorder,
     ProtocolViolation,
     ReplyError,
     StepMeta,
@@ -147,7 +146,7 @@ def _astring(value: str | bytes) -> Part:
     return _Literal(data)
 
 
-class ImapDriver:
+class ImapDriver(DriverBase):
     """One IMAP client connection. Not thread-safe; one greenlet per driver.
 
     Args:
@@ -161,24 +160,14 @@ class ImapDriver:
     """
 
     def __init__(self, endpoint: Endpoint, *, recorder: StepRecorder | None = None) -> None:
-        self.endpoint = endpoint
-        self.recorder: StepRecorder = recorder or NullRecorder()
+        super().__init__(endpoint, PROTOCOL, recorder)
         self.capabilities: frozenset[str] = frozenset()
         self.selected: MailboxInfo | None = None
-        self._chan = Channel(endpoint, PROTOCOL)
         self._reader = ImapResponseReader(strict=False)
         self._counter = 0
         self._idle_tag: str | None = None
 
     # -- state --------------------------------------------------------------------------
-
-    @property
-    def is_connected(self) -> bool:
-        return self._chan.is_open
-
-    @property
-    def is_tls(self) -> bool:
-        return self._chan.is_tls
 
     @property
     def idling(self) -> bool:
@@ -587,10 +576,4 @@ class ImapDriver:
         """Drop the connection without LOGOUT (safe to call at any time)."""
         self._idle_tag = None
         self.selected = None
-        self._chan.close()
-
-    def __enter__(self) -> ImapDriver:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+        super().close()

@@ -32,10 +32,9 @@ from conformance.targets import TlsMode
 from conformance.wire.pop3 import Pop3Continuation, Pop3Response, Pop3ResponseReader
 
 from ._base import (
-    Channel,
+    DriverBase,
     DriverError,
     Endpoint,
-    NullRecorder,
     ProtocolViolation,
     ReplyError,
     StepMeta,
@@ -59,7 +58,7 @@ class Pop3ReplyError(ReplyError):
         self.response = response
 
 
-class Pop3Driver:
+class Pop3Driver(DriverBase):
     """One POP3 client connection. Not thread-safe; one greenlet per driver.
 
     Args:
@@ -71,19 +70,9 @@ class Pop3Driver:
     """
 
     def __init__(self, endpoint: Endpoint, *, recorder: StepRecorder | None = None) -> None:
-        self.endpoint = endpoint
-        self.recorder: StepRecorder = recorder or NullRecorder()
+        super().__init__(endpoint, PROTOCOL, recorder)
         self.capabilities: dict[str, tuple[str, ...]] = {}
-        self._chan = Channel(endpoint, PROTOCOL)
         self._reader = Pop3ResponseReader(strict=False)
-
-    @property
-    def is_connected(self) -> bool:
-        return self._chan.is_open
-
-    @property
-    def is_tls(self) -> bool:
-        return self._chan.is_tls
 
     # -- plumbing -----------------------------------------------------------------------
 
@@ -242,10 +231,4 @@ class Pop3Driver:
 
     def close(self) -> None:
         """Drop the connection without QUIT: deletions are not committed."""
-        self._chan.close()
-
-    def __enter__(self) -> Pop3Driver:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+        super().close()

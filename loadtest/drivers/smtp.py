@@ -55,10 +55,9 @@ from conformance.wire.pop3 import byte_stuff
 from conformance.wire.smtp import Reply, SmtpReplyReader, parse_ehlo
 
 from ._base import (
-    Channel,
+    DriverBase,
     DriverError,
     Endpoint,
-    NullRecorder,
     ReplyError,
     StepMeta,
     StepRecorder,
@@ -131,7 +130,7 @@ class _Step:
         return self.inner.__exit__(exc_type, exc, tb)
 
 
-class SmtpDriver:
+class SmtpDriver(DriverBase):
     """One SMTP client connection. Not thread-safe; one greenlet per driver.
 
     Args:
@@ -156,25 +155,15 @@ class SmtpDriver:
         pipelining: bool = True,
         per_message: bool = False,
     ) -> None:
-        self.endpoint = endpoint
-        self.recorder: StepRecorder = recorder or NullRecorder()
+        super().__init__(endpoint, PROTOCOL, recorder)
         self.helo_name = helo_name
         self.pipelining = pipelining
         self.per_message = per_message
         self.capabilities: dict[str, tuple[str, ...]] = {}
         self.greeting: Reply | None = None
-        self._chan = Channel(endpoint, PROTOCOL)
         self._new_reader()
 
     # -- state --------------------------------------------------------------------------
-
-    @property
-    def is_connected(self) -> bool:
-        return self._chan.is_open
-
-    @property
-    def is_tls(self) -> bool:
-        return self._chan.is_tls
 
     @property
     def can_pipeline(self) -> bool:
@@ -560,16 +549,6 @@ class SmtpDriver:
                 meta.response_length = len(reply.raw)
         finally:
             self.close()
-
-    def close(self) -> None:
-        """Drop the connection without QUIT (safe to call at any time)."""
-        self._chan.close()
-
-    def __enter__(self) -> SmtpDriver:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 class DataPayload(bytes):
