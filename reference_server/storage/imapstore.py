@@ -120,6 +120,7 @@ import re
 import secrets
 import shutil
 import socket
+import stat
 import threading
 import time
 import weakref
@@ -213,6 +214,14 @@ Callback = Callable[[], None]
 # scan of a user's folders (CREATE, DELETE, RENAME, LIST, opening a missing mailbox)
 # would otherwise decode every folder's name each time.
 _folder_name = functools.lru_cache(maxsize=65536)(dirname_to_name)
+
+
+def _is_real_dir(path: Path | str) -> bool:
+    """A directory itself, not a symbolic link to one (as folder listings count them)."""
+    try:
+        return stat.S_ISDIR(os.lstat(path).st_mode)
+    except OSError:
+        return False
 
 
 # -- errors -------------------------------------------------------------------------------
@@ -1422,7 +1431,7 @@ class ImapStore:
                 return mailbox
         path = mailbox_path(root, name)
         if not (path / "cur").is_dir():
-            if path.is_dir() or any(is_inferior(n, name) for n, _ in self._folders(root)):
+            if path.is_dir() or self._has_inferiors(root, name):
                 raise MailboxNotSelectable(
                     f"mailbox {name!r} is \\Noselect (it has only inferiors)"
                 )
@@ -1481,11 +1490,11 @@ class ImapStore:
         name = canonical_name(name, allow_trailing_delimiter=True)
         root = self.ensure_user(user)
         with self._user_lock(user):
-            folders = dict(self._folders(root))  # stat only the few names that matter
+            # a stat per name that matters, not a listing of every folder
 
             def selectable(folder: str) -> bool:
-                path = folders.get(folder)
-                return path is not None and os.path.isdir(os.path.join(path, "cur"))
+                path = mailbox_path(root, folder)
+                return _is_real_dir(path) and os.path.isdir(os.path.join(path, "cur"))
 
             if name == INBOX or selectable(name):
                 raise MailboxExists(f"mailbox {name!r} already exists")
@@ -1690,6 +1699,21 @@ class ImapStore:
         return {
             name: os.path.isdir(os.path.join(path, "cur")) for name, path in self._folders(root)
         }
+
+    def _has_inferiors(self, root: Path, name: str) -> bool:
+        """Whether a folder below ``name`` (canonical, not INBOX) exists, selectable or not.
+
+        The directory names of ``name``'s inferiors, and only theirs, start with its
+        own followed by the level separator: a prefix test per entry, no decoding.
+        """
+        prefix = mailbox_dirname(name) + "."
+        try:
+            candidates = [n for n in os.listdir(root) if n.startswith(prefix)]
+        except FileNotFoundError:
+            return False
+        return any(
+            _folder_name(n) is not None and _is_real_dir(os.path.join(root, n)) for n in candidates
+        )
 
     def _folders(self, root: Path) -> Iterator[tuple[str, str]]:
         """``(canonical name, path)`` of every Maildir++ folder of a user, selectable or not."""

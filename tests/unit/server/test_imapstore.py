@@ -820,3 +820,34 @@ def test_open_refuses_unknown_and_noselect_mailboxes(root: Path, store: ImapStor
     with pytest.raises(MailboxNotSelectable):
         store.open("alice", "implied")
     assert store.open("alice", "implied/child").snapshot() == []
+
+
+def test_open_tells_inferiors_from_names_that_only_share_a_prefix(
+    root: Path, store: ImapStore
+) -> None:
+    """Only a folder one level down makes a missing name \\Noselect: not ``ab``
+    next to ``a``, not ``a.b`` (one level whose name holds a dot, ``.a%2Eb``), not
+    a symbolic link, not a directory whose name is not one of ours."""
+    store.create("alice", "ab")
+    user = root / "alice"
+    (user / ".a%2Eb.c" / "cur").mkdir(parents=True)  # "a.b/c" made by hand: "a.b" is implied
+    (user / ".x.y").symlink_to(user / ".ab")
+    (user / ".q.%zz").mkdir()  # a bad escape: not a folder name
+    for name in ("a", "x", "q"):
+        with pytest.raises(MailboxNotFound):
+            store.open("alice", name)
+    with pytest.raises(MailboxNotSelectable):
+        store.open("alice", "a.b")
+    (user / ".x.real").mkdir()
+    with pytest.raises(MailboxNotSelectable):
+        store.open("alice", "x")
+
+
+def test_create_does_not_count_a_symlinked_folder_as_existing(
+    root: Path, store: ImapStore
+) -> None:
+    store.create("alice", "real")
+    (root / "alice" / ".alias").symlink_to(root / "alice" / ".real")
+    with pytest.raises(MailboxExists):
+        store.create("alice", "real")
+    assert store.create("alice", "alias/child") == "alias/child"
