@@ -843,9 +843,7 @@ def test_open_tells_inferiors_from_names_that_only_share_a_prefix(
         store.open("alice", "x")
 
 
-def test_create_does_not_count_a_symlinked_folder_as_existing(
-    root: Path, store: ImapStore
-) -> None:
+def test_create_does_not_count_a_symlinked_folder_as_existing(root: Path, store: ImapStore) -> None:
     store.create("alice", "real")
     (root / "alice" / ".alias").symlink_to(root / "alice" / ".real")
     with pytest.raises(MailboxExists):
