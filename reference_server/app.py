@@ -38,7 +38,11 @@ class MailServer:
     def __init__(self, config: ServerConfig) -> None:
         self.config = config
         self.accounts = Accounts.load(config.accounts_file)
-        self.store = MaildirStore(config.data_dir / "mail")
+        self.store = MaildirStore(
+            config.data_dir / "mail",
+            workers=config.storage.delivery_threads,
+            helper_process=config.storage.delivery_process,
+        )
         self.spool = OutboundSpool(config.data_dir / "spool")
         self.imap_store = ImapStore(config.data_dir / "mail")
         self.ca_file: Path | None = None  # set when a development CA was generated

@@ -40,6 +40,7 @@ __all__ = [
     "ListenerKind",
     "Pop3Settings",
     "ServerConfig",
+    "StorageSettings",
     "Timeouts",
     "TlsConfig",
     "TlsMode",
@@ -186,6 +187,14 @@ class ImapSettings:
 
 
 @dataclass(frozen=True, kw_only=True)
+class StorageSettings:
+    """How local deliveries are stored (docs/reference-server.md, section Storage)."""
+
+    delivery_process: bool = True  # write Maildirs from a helper process, not the server's
+    delivery_threads: int = 8  # deliveries written and fsynced at once
+
+
+@dataclass(frozen=True, kw_only=True)
 class FaultRule:
     """Fault injection for one listener (or ``*``) and one command (or ``*``).
 
@@ -231,6 +240,7 @@ class ServerConfig:
     limits: Limits = field(default_factory=Limits)
     pop3: Pop3Settings = field(default_factory=Pop3Settings)
     imap: ImapSettings = field(default_factory=ImapSettings)
+    storage: StorageSettings = field(default_factory=StorageSettings)
     faults: tuple[FaultRule, ...] = ()
     relay: RelaySettings = field(default_factory=RelaySettings)
     queue: QueueSettings = field(default_factory=QueueSettings)
@@ -278,6 +288,7 @@ _TOP_KEYS: Final = (
     "limits",
     "pop3",
     "imap",
+    "storage",
     "faults",
     "relay",
     "queue",
@@ -340,6 +351,7 @@ def load_config(path: str | Path) -> ServerConfig:
     limits = _limits(r, top.get("limits"))
     pop3 = _pop3(r, top.get("pop3"), listeners)
     imap = _imap(r, top.get("imap"), listeners)
+    storage = _storage(r, top.get("storage"))
     faults = _faults(r, top.get("faults"), listeners)
     relay = parse_relay(r, top.get("relay"))
     queue = parse_queue(r, top.get("queue"))
@@ -354,6 +366,7 @@ def load_config(path: str | Path) -> ServerConfig:
         limits=limits,
         pop3=pop3,
         imap=imap,
+        storage=storage,
         faults=faults,
         relay=relay,
         queue=queue,
@@ -545,6 +558,19 @@ def _pop3(r: Reader, value: object, listeners: Mapping[str, ListenerConfig]) -> 
                     "or nobody can log in; use tls: starttls (STLS, RFC 2595)",
                 )
     return settings
+
+
+def _storage(r: Reader, value: object) -> StorageSettings:
+    spec = r.section(value, "storage", ("delivery_process", "delivery_threads"))
+    d = StorageSettings()
+    return StorageSettings(
+        delivery_process=r.boolean(
+            spec.get("delivery_process", d.delivery_process), "storage.delivery_process"
+        ),
+        delivery_threads=r.integer(
+            spec.get("delivery_threads", d.delivery_threads), "storage.delivery_threads", 1, 256
+        ),
+    )
 
 
 def _imap(r: Reader, value: object, listeners: Mapping[str, ListenerConfig]) -> ImapSettings:

@@ -47,6 +47,7 @@ import contextlib
 import errno
 import functools
 import itertools
+import logging
 import os
 import queue
 import socket
@@ -55,6 +56,12 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # imported when first used: `python -m ...stager` runs it fresh
+    from .stager import DeliveryHelper
+
+log = logging.getLogger("reference_server.storage")
 
 __all__ = [
     "DirectorySync",
@@ -363,6 +370,10 @@ class MaildirStore:
         fsync_fn: the fsync used for files and directories (tests inject one that
             records or fails).
         clock: seconds since the epoch, for file names (tests inject a fixed one).
+        helper_process: :meth:`deliver` hands deliveries to a helper process
+            (:mod:`reference_server.storage.stager`, started on the first one)
+            instead of this process' staging threads, so they never hold up the
+            event loop on the GIL. The helper uses ``os.fsync`` and the real clock.
     """
 
     def __init__(
@@ -374,6 +385,7 @@ class MaildirStore:
         workers: int = 8,
         fsync_fn: FsyncFn = os.fsync,
         clock: Callable[[], float] = time.time,
+        helper_process: bool = False,
     ) -> None:
         if workers < 1:
             raise ValueError(f"workers must be at least 1, not {workers}")
@@ -402,6 +414,9 @@ class MaildirStore:
         self._threads: list[threading.Thread] = []
         self._staged: list[tuple[_Job, _Staged | BaseException]] = []  # for the loop
         self._closed = False
+        self.helper_process = helper_process
+        self._helper: DeliveryHelper | None = None
+        self._helper_started: asyncio.Task[None] | None = None
 
     @property
     def directory_syncs(self) -> int:
@@ -497,6 +512,10 @@ class MaildirStore:
         if self._closed:
             raise RuntimeError("the store is closed")
         loop = asyncio.get_running_loop()
+        if self.helper_process:
+            helper = await self._helper_for(users, loop)
+            if helper is not None:
+                return await helper.deliver(users, message)
         waiter: asyncio.Future[_Staged | BaseException] = loop.create_future()
         if len(self._threads) < self._workers:
             self._start_workers()
@@ -513,6 +532,51 @@ class MaildirStore:
                 await loop.run_in_executor(self._pool, staged.roll_back)
                 raise error
         return staged.names
+
+    async def _helper_for(
+        self, users: Sequence[str], loop: asyncio.AbstractEventLoop
+    ) -> DeliveryHelper | None:
+        """The running helper of ``loop``, started if need be; ``None``: use the threads.
+
+        Checks the names first (a ``ValueError`` before anything is sent). A helper
+        belongs to one event loop: a delivery from another loop, while the
+        helper's own still runs, goes through the staging threads instead.
+        """
+        if not users:
+            raise ValueError("deliver needs at least one user")
+        for user in users:
+            self.mailbox_path(user)
+        helper, started = self._helper, self._helper_started
+        if helper is not None and helper.loop is not None and helper.loop is not loop:
+            if not helper.loop.is_closed():
+                return None
+            helper.kill()  # its loop is gone, and nobody waits on it
+            helper = None
+        if (
+            helper is None
+            or started is None
+            or (started.done() and (started.cancelled() or started.exception() is not None))
+            or (started.done() and not helper.alive)
+        ):
+            if helper is not None:
+                await asyncio.to_thread(helper.kill)  # reap a helper that died
+                if helper.answered == 0:
+                    # it never stored anything: starting it again would fail the same way
+                    log.error(
+                        "the delivery helper exited without storing a message (its errors "
+                        "are above); deliveries now go through threads of this process"
+                    )
+                    self.helper_process = False
+                    self._helper = self._helper_started = None
+                    return None
+            from .stager import DeliveryHelper
+
+            helper = self._helper = DeliveryHelper(
+                self.root, hostname=self.hostname, fsync=self.fsync, workers=self._workers
+            )
+            started = self._helper_started = loop.create_task(helper.start())
+        await asyncio.shield(started)  # OSError: it cannot be started (the caller says 451)
+        return helper
 
     def _start_workers(self) -> None:
         with self._lock:
@@ -579,8 +643,14 @@ class MaildirStore:
             return []
 
     async def close(self) -> None:
-        """Wait for deliveries in flight and stop the threads."""
+        """Wait for deliveries in flight and stop the threads (and the helper process)."""
         self._closed = True
+        helper, self._helper = self._helper, None
+        if helper is not None:
+            if helper.loop is asyncio.get_running_loop():
+                await helper.close()
+            else:
+                await asyncio.to_thread(helper.kill)
         with self._lock:
             threads = list(self._threads)
         for _ in threads:

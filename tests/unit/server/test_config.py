@@ -8,6 +8,7 @@ from reference_server.config import (
     Limits,
     LineLimits,
     ListenerKind,
+    StorageSettings,
     Timeouts,
     TlsMode,
     load_config,
@@ -74,6 +75,7 @@ def test_minimal_file_takes_the_defaults(tmp_path):
         command=300, data_block=180, data_end=600, initial=None
     )
     assert config.faults == ()
+    assert config.storage == StorageSettings(delivery_process=True, delivery_threads=8)
     assert config.source == tmp_path / "server.yaml"
     assert config.mail_dir == tmp_path / "data" / "mail"
     assert config.spool_dir == tmp_path / "data" / "spool"
@@ -189,7 +191,7 @@ ERRORS = [
     pytest.param(
         LISTENER + "colour: blue\n",
         "colour: unknown key; known keys: hostname, domains, data_dir, accounts_file, "
-        "postmaster, tls, listeners, limits, pop3, imap, faults, relay, queue",
+        "postmaster, tls, listeners, limits, pop3, imap, storage, faults, relay, queue",
         id="unknown-key-lists",
     ),
     pytest.param(
@@ -343,7 +345,23 @@ ERRORS = [
         "the file is empty; give at least hostname (e.g. hostname: mail.example.test)",
         id="empty-file",
     ),
+    pytest.param(
+        LISTENER + "storage: {delivery_threads: 0}\n",
+        "storage.delivery_threads: expected an integer 1-256, got 0",
+        id="storage-no-threads",
+    ),
+    pytest.param(
+        LISTENER + "storage: {delivery_process: 'no'}\n",
+        "storage.delivery_process: expected true or false, got 'no'",
+        id="storage-process-not-boolean",
+    ),
 ]
+
+
+def test_storage_section(tmp_path):
+    text = MINIMAL + "storage: {delivery_process: false, delivery_threads: 2}\n"
+    config = load_config(write(tmp_path, text))
+    assert config.storage == StorageSettings(delivery_process=False, delivery_threads=2)
 
 
 @pytest.mark.parametrize(("text", "message"), ERRORS)
