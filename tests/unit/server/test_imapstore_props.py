@@ -72,7 +72,8 @@ def test_created_mailboxes_are_listed_under_their_name(name: str) -> None:
 
 
 class UidsNeverLie(RuleBasedStateMachine):
-    """SMTP deliveries, APPENDs, POP3 deletions, expunges, clean restarts and crashes.
+    """SMTP deliveries, APPENDs, POP3 deletions, expunges, clean restarts and crashes,
+    and other programs renaming, moving and deleting files behind the store's back.
 
     While UIDVALIDITY stays, a UID once seen names the same message forever, and a
     UID never seen before is above every UID seen so far (RFC 3501 §2.3.1.1).
@@ -124,6 +125,32 @@ class UidsNeverLie(RuleBasedStateMachine):
             self.inbox.store([uid], "add", ["\\Deleted"])
             self.inbox.expunge([uid])
 
+    def _files(self, sub: str) -> list[str]:
+        return sorted(n for n in os.listdir(self.root / "alice" / sub) if not n.startswith("."))
+
+    @rule(data=st.data(), letters=st.sampled_from(["", "S", "FS", "RS", "T"]))
+    def another_program_changes_flags(self, data: st.DataObject, letters: str) -> None:
+        """A mail reader of its own renames a file in cur/ (maildir(5) info letters)."""
+        names = self._files("cur")
+        if names:
+            name = data.draw(st.sampled_from(names))
+            cur = self.root / "alice" / "cur"
+            os.rename(cur / name, cur / f"{name.partition(':')[0]}:2,{letters}")
+
+    @rule(data=st.data())
+    def another_reader_takes_one_from_new(self, data: st.DataObject) -> None:
+        names = self._files("new")
+        if names:
+            name = data.draw(st.sampled_from(names))
+            box = self.root / "alice"
+            os.rename(box / "new" / name, box / "cur" / f"{name}:2,S")
+
+    @rule(data=st.data(), sub=st.sampled_from(["new", "cur"]))
+    def another_program_deletes_one(self, data: st.DataObject, sub: str) -> None:
+        names = self._files(sub)
+        if names:
+            os.unlink(self.root / "alice" / sub / data.draw(st.sampled_from(names)))
+
     @rule()
     def restart(self) -> None:
         self.store.close()
@@ -160,6 +187,14 @@ class UidsNeverLie(RuleBasedStateMachine):
             self.highest = max(self.highest, info.uid)
         assert {self.names[u] for u in found} == on_disk
         assert inbox.uidnext > self.highest
+        letters = {"\\Seen": "S", "\\Flagged": "F", "\\Answered": "R", "\\Deleted": "T"}
+        for info in snapshot:
+            name = os.path.basename(info.path)
+            assert os.path.exists(info.path), f"UID {info.uid}: {info.path} is not there"
+            shown = "".join(sorted(letters[f] for f in info.flags if f in letters))
+            assert shown == "".join(sorted(set(name.partition(":2,")[2]) & set("SFRT"))), (
+                f"UID {info.uid}: flags {sorted(info.flags)} but file {name}"
+            )
 
 
 UidsNeverLie.TestCase.settings = settings(max_examples=30, stateful_step_count=20, deadline=None)
