@@ -35,6 +35,7 @@ name, so no name can leave the user's directory.
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 __all__ = [
@@ -131,6 +132,7 @@ def unescape_level(text: str) -> str:
     return out.decode("utf-8")
 
 
+@functools.lru_cache(maxsize=4096)  # a pure function, called for every name on every command
 def canonical_name(name: str, *, allow_trailing_delimiter: bool = False) -> str:
     """Check a mailbox name and return its canonical form.
 
@@ -173,6 +175,7 @@ def canonical_name(name: str, *, allow_trailing_delimiter: bool = False) -> str:
     return canonical
 
 
+@functools.lru_cache(maxsize=4096)
 def mailbox_dirname(name: str) -> str:
     """The Maildir++ directory name of a canonical name other than INBOX (``a/b`` → ``.a.b``).
 
