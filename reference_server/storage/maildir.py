@@ -646,6 +646,10 @@ class MaildirStore:
         """Wait for deliveries in flight and stop the threads (and the helper process)."""
         self._closed = True
         helper, self._helper = self._helper, None
+        started, self._helper_started = self._helper_started, None
+        if started is not None and not started.done() and helper is not None:
+            with contextlib.suppress(Exception):  # a helper still starting is stopped too
+                await asyncio.shield(started)
         if helper is not None:
             if helper.loop is asyncio.get_running_loop():
                 await helper.close()

@@ -219,14 +219,15 @@ class DeliveryHelper:
         """The channel is closed or broken: fail whatever waits, and let go of the socket."""
         was_alive, self._alive = self._alive, False
         self._disconnect()
-        waiting, self._waiting = self._waiting, {}
         if was_alive:
             log.warning("the delivery helper's channel closed (%s); it is restarted", exc)
+        self._fail_waiting("the delivery helper exited before storing the message")
+
+    def _fail_waiting(self, why: str) -> None:
+        waiting, self._waiting = self._waiting, {}
         for waiter in waiting.values():
-            if not waiter.done():
-                waiter.set_exception(
-                    OSError(errno.EIO, "the delivery helper exited before storing the message")
-                )
+            if not waiter.done():  # the message may be stored or not: the caller says 451
+                waiter.set_exception(OSError(errno.EIO, why))
 
     def _disconnect(self) -> None:
         sock, self._sock = self._sock, None
@@ -239,13 +240,16 @@ class DeliveryHelper:
         sock.close()  # the helper reads EOF: it finishes what it was given and exits
 
     async def close(self) -> None:
-        """Let the helper finish what it was given, then wait for it to exit."""
+        """Take no more deliveries, wait for the answers to those in flight, then let the
+        helper exit (it finishes whatever it still holds first)."""
         self._alive = False
-        if self._outbox and self._sock is not None:  # the last requests, before EOF
-            self._sock.settimeout(_STOP_TIMEOUT)
-            with contextlib.suppress(OSError):
-                self._sock.sendall(self._outbox)
+        waiting = [w for w in self._waiting.values() if not w.done()]
+        if waiting and self._sock is not None:  # the loop still sends and reads for them
+            _, late = await asyncio.wait(waiting, timeout=_STOP_TIMEOUT)
+            if late:
+                log.warning("%d deliveries unanswered after %gs: closing", len(late), _STOP_TIMEOUT)
         self._disconnect()
+        self._fail_waiting("the delivery helper was stopped before storing the message")
         process = self.process
         if process is None:
             return
@@ -260,6 +264,7 @@ class DeliveryHelper:
         """Stop the helper now (its event loop is gone: nobody waits for an answer)."""
         self._alive = False
         self._disconnect()
+        self._waiting = {}
         if self.process is not None and self.process.poll() is None:
             self.process.kill()
             with contextlib.suppress(subprocess.TimeoutExpired):

@@ -257,7 +257,7 @@ def test_a_helper_that_cannot_run_leaves_deliveries_to_threads(
     async def main() -> list[str]:
         store = helper_store(tmp_path)
         try:
-            with pytest.raises(OSError, match="helper exited before storing"):
+            with pytest.raises(OSError, match=r"helper (exited before storing|is not running)"):
                 await store.deliver(["alice"], MESSAGE)
             names = await store.deliver(["alice"], MESSAGE)
             assert not store.helper_process and store._helper is None
@@ -287,3 +287,46 @@ def test_the_helper_finds_the_package_from_any_working_directory(
             await store.close()
 
     asyncio.run(main())
+
+
+def test_close_while_the_helper_is_starting_stops_it_and_answers(tmp_path: Path) -> None:
+    """The delivery that asked for the helper gets a definite answer either way:
+    stored (it reached the helper first), or an OSError with nothing stored."""
+
+    async def main() -> tuple[DeliveryHelper, list[str] | BaseException]:
+        store = helper_store(tmp_path)
+        delivery = asyncio.ensure_future(store.deliver(["alice"], MESSAGE))
+        await asyncio.sleep(0)  # the delivery has asked for a helper; it has not started
+        helper = store._helper
+        assert helper is not None and helper.process is None
+        await asyncio.wait_for(store.close(), 30)
+        (outcome,) = await asyncio.wait_for(asyncio.gather(delivery, return_exceptions=True), 1)
+        return helper, outcome
+
+    helper, outcome = asyncio.run(main())
+    assert helper.process is not None and helper.process.returncode == 0
+    stored = [p.name for p in new_files(tmp_path, "alice")] if (tmp_path / "alice").exists() else []
+    if isinstance(outcome, BaseException):
+        assert isinstance(outcome, OSError) and not stored
+    else:
+        assert stored == outcome
+
+
+def test_close_answers_every_delivery_in_flight(tmp_path: Path) -> None:
+    async def main() -> list[list[str]]:
+        store = helper_store(tmp_path)
+        await store.deliver(["alice"], MESSAGE)
+        pid = helper_pid(store)
+        os.kill(pid, signal.SIGSTOP)  # the next ones wait in the helper's socket
+        flight = [asyncio.ensure_future(store.deliver(["alice"], MESSAGE)) for _ in range(5)]
+        await asyncio.sleep(0.1)
+        closing = asyncio.ensure_future(store.close())
+        await asyncio.sleep(0.2)
+        assert not closing.done() and not any(f.done() for f in flight)
+        os.kill(pid, signal.SIGCONT)
+        await asyncio.wait_for(closing, 30)
+        return [f.result() for f in flight]
+
+    names = asyncio.run(main())
+    assert len(new_files(tmp_path, "alice")) == 6
+    assert {n for (n,) in names} <= {p.name for p in new_files(tmp_path, "alice")}
