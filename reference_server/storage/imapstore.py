@@ -219,7 +219,7 @@ Callback = Callable[[], None]
 _folder_name = functools.lru_cache(maxsize=65536)(dirname_to_name)
 
 
-def _current_place(places: set[tuple[str, str]]) -> tuple[str, str]:
+def _current_place(places: list[tuple[str, str]]) -> tuple[str, str]:
     """Where a message is, of the files with its unique name: ``cur/`` before ``new/``
     (maildir(5): a reader moves from new to cur), then the greatest name."""
     return max(places, key=lambda place: (place[0] == "cur", place[1]))
@@ -469,7 +469,7 @@ class Mailbox:
         # the last listing of each of new/ and cur/ (every name), and from it, the
         # message files (regular files, no dot names) of each unique name
         self._raw: dict[str, set[str]] = {"new": set(), "cur": set()}
-        self._files: dict[str, set[tuple[str, str]]] = {}
+        self._files: dict[str, list[tuple[str, str]]] = {}  # a list: one entry, mostly
         self._listed = False
         self._cur = str(path / "cur")
         self._new = str(path / "new")
@@ -1136,7 +1136,7 @@ class Mailbox:
                 unique = name.partition(":")[0]
                 places = files.get(unique)
                 if places is not None and (sub, name) in places:
-                    places.discard((sub, name))
+                    places.remove((sub, name))
                     changed.add(unique)
                     if not places:
                         del files[unique]
@@ -1153,7 +1153,9 @@ class Mailbox:
                         continue  # gone since the listing
                 if is_file:  # not directories, not symbolic links
                     unique = name.partition(":")[0]
-                    files.setdefault(unique, set()).add((sub, name))
+                    places = files.setdefault(unique, [])
+                    if (sub, name) not in places:  # new to this listing: not there yet
+                        places.append((sub, name))
                     changed.add(unique)
             self._raw[sub] = names
         self._stamps = stamps
@@ -1243,9 +1245,11 @@ class Mailbox:
         # what the next listing will show: not news then
         self._raw["new"].discard(name)
         self._raw["cur"].add(target)
-        places = self._files.setdefault(unique, set())
-        places.discard(("new", name))
-        places.add(("cur", target))
+        places = self._files.setdefault(unique, [])
+        if ("new", name) in places:
+            places.remove(("new", name))
+        if ("cur", target) not in places:
+            places.append(("cur", target))
         return target
 
     # -- internals: copy and move ------------------------------------------------------
