@@ -17,8 +17,9 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 
@@ -28,10 +29,24 @@ from reference_server.storage.stager import DeliveryHelper
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="helper tests use /proc")
 
 MESSAGE = b"Subject: hello\r\n\r\nbody\r\n"
+T = TypeVar("T")
 
 
 def helper_store(root: Path, **kwargs: object) -> MaildirStore:
     return MaildirStore(root, hostname="test", helper_process=True, **kwargs)  # type: ignore[arg-type]
+
+
+def run_with(root: Path, body: Callable[[MaildirStore], Awaitable[T]]) -> T:
+    """``body(store)`` on a new event loop, with a helper store closed afterwards."""
+
+    async def main() -> T:
+        store = helper_store(root)
+        try:
+            return await body(store)
+        finally:
+            await store.close()
+
+    return asyncio.run(main())
 
 
 def new_files(root: Path, user: str) -> list[Path]:
@@ -63,14 +78,10 @@ def wait_until(condition: Callable[[], bool], timeout: float = 10.0) -> bool:
 
 
 def test_the_helper_stores_byte_identical_files_and_answers_their_names(tmp_path: Path) -> None:
-    async def main() -> list[str]:
-        store = helper_store(tmp_path)
-        try:
-            return await store.deliver(["alice", "bob", "alice"], MESSAGE)
-        finally:
-            await store.close()
+    async def body(store: MaildirStore) -> list[str]:
+        return await store.deliver(["alice", "bob", "alice"], MESSAGE)
 
-    names = asyncio.run(main())
+    names = run_with(tmp_path, body)
     assert names[0] == names[2] and len(set(names)) == 2  # one copy per user
     for user, name in (("alice", names[0]), ("bob", names[1])):
         (path,) = new_files(tmp_path, user)
@@ -83,17 +94,13 @@ def test_the_helper_stores_byte_identical_files_and_answers_their_names(tmp_path
 def test_many_deliveries_at_once_and_a_large_message(tmp_path: Path) -> None:
     large = b"X-Big: yes\r\n\r\n" + b"0123456789abcdef" * (3 * 1024 * 1024 // 16) + b"\r\n"
 
-    async def main() -> tuple[list[list[str]], list[str]]:
-        store = helper_store(tmp_path)
-        try:
-            small = await asyncio.gather(
-                *(store.deliver([f"user{i % 5}"], MESSAGE + b"%d" % i) for i in range(200))
-            )
-            return small, await store.deliver(["big"], large)
-        finally:
-            await store.close()
+    async def body(store: MaildirStore) -> tuple[list[list[str]], list[str]]:
+        small = await asyncio.gather(
+            *(store.deliver([f"user{i % 5}"], MESSAGE + b"%d" % i) for i in range(200))
+        )
+        return small, await store.deliver(["big"], large)
 
-    small, (big,) = asyncio.run(main())
+    small, (big,) = run_with(tmp_path, body)
     assert sum(len(new_files(tmp_path, f"user{i}")) for i in range(5)) == 200
     assert len({name for (name,) in small}) == 200
     for i, (name,) in enumerate(small):
@@ -103,16 +110,12 @@ def test_many_deliveries_at_once_and_a_large_message(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("users", [[], ["../escape"], ["ok", ".hidden"]])
 def test_bad_names_are_refused_before_anything_is_sent(tmp_path: Path, users: list[str]) -> None:
-    async def main() -> None:
-        store = helper_store(tmp_path)
-        try:
-            with pytest.raises(ValueError):
-                await store.deliver(users, MESSAGE)
-            assert store._helper is None  # no helper was even started
-        finally:
-            await store.close()
+    async def body(store: MaildirStore) -> None:
+        with pytest.raises(ValueError):
+            await store.deliver(users, MESSAGE)
+        assert store._helper is None  # no helper was even started
 
-    asyncio.run(main())
+    run_with(tmp_path, body)
     assert not (tmp_path / "ok").exists()
 
 
@@ -121,44 +124,36 @@ def test_a_storage_error_in_the_helper_is_an_oserror_here_and_the_helper_goes_on
 ) -> None:
     (tmp_path / "blocked").write_text("a file where the Maildir should be\n")
 
-    async def main() -> None:
-        store = helper_store(tmp_path)
-        try:
-            with pytest.raises(OSError) as caught:
-                await store.deliver(["blocked"], MESSAGE)
-            assert caught.value.errno is not None and caught.value.errno != 0
-            assert "blocked" in str(caught.value)
-            pid = helper_pid(store)
-            await store.deliver(["fine"], MESSAGE)
-            assert helper_pid(store) == pid  # the same helper
-        finally:
-            await store.close()
+    async def body(store: MaildirStore) -> None:
+        with pytest.raises(OSError) as caught:
+            await store.deliver(["blocked"], MESSAGE)
+        assert caught.value.errno is not None and caught.value.errno != 0
+        assert "blocked" in str(caught.value)
+        pid = helper_pid(store)
+        await store.deliver(["fine"], MESSAGE)
+        assert helper_pid(store) == pid  # the same helper
 
-    asyncio.run(main())
+    run_with(tmp_path, body)
     assert (tmp_path / "blocked").is_file()
     assert len(new_files(tmp_path, "fine")) == 1
 
 
 def test_a_helper_that_dies_fails_what_it_held_and_is_replaced(tmp_path: Path) -> None:
-    async def main() -> None:
-        store = helper_store(tmp_path)
-        try:
-            await store.deliver(["alice"], MESSAGE)
-            first = helper_pid(store)
-            os.kill(first, signal.SIGSTOP)  # holds the next delivery without answering
-            held = asyncio.ensure_future(store.deliver(["alice"], MESSAGE))
-            await asyncio.sleep(0.2)
-            assert not held.done()
-            os.kill(first, signal.SIGKILL)
-            with pytest.raises(OSError, match="helper exited before storing"):
-                await asyncio.wait_for(held, 10)
-            await store.deliver(["alice"], MESSAGE)  # a new helper
-            assert helper_pid(store) != first
-            assert gone(first)
-        finally:
-            await store.close()
+    async def body(store: MaildirStore) -> None:
+        await store.deliver(["alice"], MESSAGE)
+        first = helper_pid(store)
+        os.kill(first, signal.SIGSTOP)  # holds the next delivery without answering
+        held = asyncio.ensure_future(store.deliver(["alice"], MESSAGE))
+        await asyncio.sleep(0.2)
+        assert not held.done()
+        os.kill(first, signal.SIGKILL)
+        with pytest.raises(OSError, match="helper exited before storing"):
+            await asyncio.wait_for(held, 10)
+        await store.deliver(["alice"], MESSAGE)  # a new helper
+        assert helper_pid(store) != first
+        assert gone(first)
 
-    asyncio.run(main())
+    run_with(tmp_path, body)
     assert 2 <= len(new_files(tmp_path, "alice")) <= 3  # the held one may not be stored
 
 
@@ -182,19 +177,15 @@ def test_close_lets_the_helper_finish_and_exit(tmp_path: Path) -> None:
 
 
 def test_the_helper_ignores_sigint_meant_for_the_terminal(tmp_path: Path) -> None:
-    async def main() -> None:
-        store = helper_store(tmp_path)
-        try:
-            await store.deliver(["alice"], MESSAGE)
-            pid = helper_pid(store)
-            os.kill(pid, signal.SIGINT)
-            await asyncio.sleep(0.2)
-            await store.deliver(["alice"], MESSAGE)
-            assert helper_pid(store) == pid
-        finally:
-            await store.close()
+    async def body(store: MaildirStore) -> None:
+        await store.deliver(["alice"], MESSAGE)
+        pid = helper_pid(store)
+        os.kill(pid, signal.SIGINT)
+        await asyncio.sleep(0.2)
+        await store.deliver(["alice"], MESSAGE)
+        assert helper_pid(store) == pid
 
-    asyncio.run(main())
+    run_with(tmp_path, body)
     assert len(new_files(tmp_path, "alice")) == 2
 
 
@@ -278,15 +269,11 @@ def test_the_helper_finds_the_package_from_any_working_directory(
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("PYTHONPATH", raising=False)
 
-    async def main() -> None:
-        store = helper_store(tmp_path / "mail")
-        try:
-            await store.deliver(["alice"], MESSAGE)
-            assert store._helper is not None and store._helper.answered == 1
-        finally:
-            await store.close()
+    async def body(store: MaildirStore) -> None:
+        await store.deliver(["alice"], MESSAGE)
+        assert store._helper is not None and store._helper.answered == 1
 
-    asyncio.run(main())
+    run_with(tmp_path / "mail", body)
 
 
 def test_close_while_the_helper_is_starting_stops_it_and_answers(tmp_path: Path) -> None:
