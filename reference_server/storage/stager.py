@@ -55,6 +55,8 @@ _RESPONSE: Final = struct.Struct("!QBI")
 _STORED, _OS_ERROR, _VALUE_ERROR = 0, 1, 2
 _STOP_TIMEOUT: Final = 30.0  # seconds for the helper to finish and exit on close
 _ONE_WRITE: Final = 256 * 1024  # messages up to this size go out with their header
+# names and texts cross as file names do: UTF-8, undecodable bytes kept (PEP 383)
+_CODING, _ERRORS = "utf-8", "surrogateescape"
 
 
 class DeliveryHelper:
@@ -134,7 +136,7 @@ class DeliveryHelper:
         job = self._next_job
         waiter: asyncio.Future[list[str]] = self.loop.create_future()
         self._waiting[job] = waiter
-        names = "\0".join(users).encode("utf-8")
+        names = "\0".join(users).encode(_CODING, _ERRORS)
         header = _REQUEST.pack(job, len(names), len(message)) + names
         if len(message) <= _ONE_WRITE:
             self._send(header + message)  # one send: the usual case
@@ -207,7 +209,7 @@ class DeliveryHelper:
         if waiter is None or waiter.done():  # cancelled: the message may still be stored
             return
         if status == _STORED:
-            waiter.set_result(payload.decode("utf-8").split("\0"))
+            waiter.set_result(payload.decode(_CODING, _ERRORS).split("\0"))
             return
         code, _, text = payload.decode("utf-8", "replace").partition("\0")
         if status == _VALUE_ERROR:
@@ -301,7 +303,8 @@ def serve(channel: socket.socket, root: Path, *, hostname: str, fsync: bool, wor
     store = MaildirStore(root, hostname=hostname, fsync=fsync, workers=workers)
     send_lock = threading.Lock()
 
-    def answer(job: int, status: int, payload: bytes) -> None:
+    def answer(job: int, status: int, text: str) -> None:
+        payload = text.encode(_CODING, _ERRORS)
         with send_lock, contextlib.suppress(OSError):  # the server is gone: nobody listens
             channel.sendall(_RESPONSE.pack(job, status, len(payload)) + payload)
 
@@ -309,13 +312,13 @@ def serve(channel: socket.socket, root: Path, *, hostname: str, fsync: bool, wor
         try:
             names = store.deliver_sync(users, message)
         except ValueError as exc:
-            answer(job, _VALUE_ERROR, f"0\0{exc}".encode())
+            answer(job, _VALUE_ERROR, f"0\0{exc}")
         except OSError as exc:
-            answer(job, _OS_ERROR, f"{exc.errno or errno.EIO}\0{exc}".encode())
+            answer(job, _OS_ERROR, f"{exc.errno or errno.EIO}\0{exc}")
         except Exception as exc:  # the caller must hear of it, whatever it is
-            answer(job, _OS_ERROR, f"{errno.EIO}\0{type(exc).__name__}: {exc}".encode())
+            answer(job, _OS_ERROR, f"{errno.EIO}\0{type(exc).__name__}: {exc}")
         else:
-            answer(job, _STORED, "\0".join(names).encode("utf-8"))
+            answer(job, _STORED, "\0".join(names))
 
     incoming = channel.makefile("rb")  # buffered: a frame usually takes one recv
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="deliver") as pool:
@@ -328,7 +331,7 @@ def serve(channel: socket.socket, root: Path, *, hostname: str, fsync: bool, wor
             message = _read_exactly(incoming, message_length) if message_length else b""
             if names is None or message is None:
                 raise EOFError("the server closed the channel in the middle of a delivery")
-            pool.submit(deliver, job, names.decode("utf-8").split("\0"), message)
+            pool.submit(deliver, job, names.decode(_CODING, _ERRORS).split("\0"), message)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

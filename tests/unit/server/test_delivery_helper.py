@@ -317,3 +317,13 @@ def test_close_answers_every_delivery_in_flight(tmp_path: Path) -> None:
     names = asyncio.run(main())
     assert len(new_files(tmp_path, "alice")) == 6
     assert {n for (n,) in names} <= {p.name for p in new_files(tmp_path, "alice")}
+
+
+def test_a_name_with_bytes_that_are_not_utf8_crosses_as_a_file_name_does(tmp_path: Path) -> None:
+    user = os.fsdecode(b"caf\xe9")  # Latin-1 bytes: a lone surrogate in the str
+
+    async def body(store: MaildirStore) -> list[str]:
+        return await store.deliver([user], MESSAGE)
+
+    (name,) = run_with(tmp_path, body)
+    assert (tmp_path / os.fsdecode(b"caf\xe9") / "new" / name).read_bytes() == MESSAGE
