@@ -1100,18 +1100,19 @@ class Mailbox:
                 return False
         return True
 
-    def _list_changes(self, changed: set[str]) -> set[str]:
+    def _list_changes(self, changed: set[str]) -> None:
         """List ``new/`` and ``cur/``, and apply what differs from the last listing.
 
         Only the names that appeared or disappeared since then are looked at (set
         differences of the two listings, in C), so a rescan of a large mailbox
         after one delivery costs two ``listdir`` calls, not a pass over every
         message. The uniques whose files changed are added to ``changed``; sets
-        the stamps. Returns the uniques that lost their last file in this listing.
+        the stamps.
         """
         stamps: dict[str, tuple[int, int]] = {}
         files = self._files
-        emptied: set[str] = set()
+        # new/ first: a file another reader moves to cur/ meanwhile is then seen
+        # at least once; in both, cur/ wins (_current_place).
         for sub, directory in (("new", self._new), ("cur", self._cur)):
             listed_at = time.time_ns()
             before = self._raw[sub]
@@ -1140,7 +1141,6 @@ class Mailbox:
                     changed.add(unique)
                     if not places:
                         del files[unique]
-                        emptied.add(unique)
             for name in names - before:
                 if name[0] == "." or "\n" in name:
                     continue
@@ -1159,7 +1159,6 @@ class Mailbox:
                     changed.add(unique)
             self._raw[sub] = names
         self._stamps = stamps
-        return emptied
 
     def _sync(self) -> _Delta:
         """Reconcile the state with the directories; the caller publishes and commits."""
