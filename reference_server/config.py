@@ -188,7 +188,7 @@ class ImapSettings:
 
 @dataclass(frozen=True, kw_only=True)
 class StorageSettings:
-    """How local deliveries are stored (docs/reference-server.md, section Storage)."""
+    """How local deliveries are stored (docs/reference-server.md, section ``storage``)."""
 
     delivery_process: bool = True  # write Maildirs from a helper process, not the server's
     delivery_threads: int = 8  # deliveries written and fsynced at once
