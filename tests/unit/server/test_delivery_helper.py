@@ -23,8 +23,9 @@ from typing import TypeVar
 
 import pytest
 
+import reference_server
 from reference_server.storage.maildir import MaildirStore
-from reference_server.storage.stager import DeliveryHelper
+from reference_server.storage.stager import DeliveryHelper, _helper_env
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="helper tests use /proc")
 
@@ -266,8 +267,12 @@ def test_a_helper_that_cannot_run_leaves_deliveries_to_threads(
 def test_the_helper_finds_the_package_from_any_working_directory(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """The server may have found the package through a sys.path entry of its own: the
+    helper's path starts with the directory that holds it, whatever PYTHONPATH was."""
     monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv("PYTHONPATH", raising=False)
+    monkeypatch.setenv("PYTHONPATH", "/nonexistent")
+    package_parent = Path(reference_server.__file__).resolve().parents[1]
+    assert _helper_env()["PYTHONPATH"].split(os.pathsep) == [str(package_parent), "/nonexistent"]
 
     async def body(store: MaildirStore) -> None:
         await store.deliver(["alice"], MESSAGE)
