@@ -550,14 +550,10 @@ class MaildirStore:
         if helper is not None and helper.loop is not None and helper.loop is not loop:
             if not helper.loop.is_closed():
                 return None
-            helper.kill()  # its loop is gone, and nobody waits on it
+            await asyncio.to_thread(helper.kill)  # its loop is gone, and nobody waits on it
             helper = None
-        if (
-            helper is None
-            or started is None
-            or (started.done() and (started.cancelled() or started.exception() is not None))
-            or (started.done() and not helper.alive)
-        ):
+        # a helper that failed to start is not alive either (shield took its exception)
+        if helper is None or started is None or (started.done() and not helper.alive):
             if helper is not None:
                 await asyncio.to_thread(helper.kill)  # reap a helper that died
                 if helper.answered == 0:

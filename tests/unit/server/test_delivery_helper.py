@@ -332,3 +332,19 @@ def test_a_name_with_bytes_that_are_not_utf8_crosses_as_a_file_name_does(tmp_pat
 
     (name,) = run_with(tmp_path, body)
     assert (tmp_path / os.fsdecode(b"caf\xe9") / "new" / name).read_bytes() == MESSAGE
+
+
+def test_a_helper_that_cannot_be_spawned_leaves_deliveries_to_threads(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(DeliveryHelper, "python", str(tmp_path / "no-such-python"))
+
+    async def body(store: MaildirStore) -> list[str]:
+        with pytest.raises(OSError):
+            await store.deliver(["alice"], MESSAGE)  # the spawn fails: 451 for this one
+        names = await store.deliver(["alice"], MESSAGE)
+        assert not store.helper_process
+        return names
+
+    (name,) = run_with(tmp_path, body)
+    assert f"P{os.getpid()}Q" in name
